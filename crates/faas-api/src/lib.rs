@@ -1,0 +1,211 @@
+//! Wire types of the faas HTTP API. Everything a client sends or receives is defined
+//! here, so the gateway, the CLI, the benchmarks and the tests share one contract.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What to run: a string for `/bin/sh -c`, or an argv array run as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// How a call is served. Only `ephemeral` exists so far; the others answer 501.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Ephemeral,
+    Cached,
+    Checkpointed,
+    Branched,
+    Persistent,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ephemeral => "ephemeral",
+            Mode::Cached => "cached",
+            Mode::Checkpointed => "checkpointed",
+            Mode::Branched => "branched",
+            Mode::Persistent => "persistent",
+        }
+    }
+}
+
+/// `POST /api/v1/execute`. Exactly one of `command` or `code` (+ `language`).
+/// Limits left out take the server's defaults; limits above the server's maximums are refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// CPU cores, fractional (0.5 = half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// How a run ended. `running` and `lost` only appear on stored records: `lost` means the
+/// server stopped while the run was in flight, so no result exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecStatus {
+    Exited,
+    Timeout,
+    Oom,
+    Signaled,
+    Running,
+    Lost,
+}
+
+impl ExecStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::Exited => "exited",
+            ExecStatus::Timeout => "timeout",
+            ExecStatus::Oom => "oom",
+            ExecStatus::Signaled => "signaled",
+            ExecStatus::Running => "running",
+            ExecStatus::Lost => "lost",
+        }
+    }
+}
+
+/// Resources a run used, read from its cgroup after it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu_ms: f64,
+    pub peak_memory_bytes: u64,
+}
+
+/// The limits a run was given, after defaults were applied.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AppliedLimits {
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub cpu: f64,
+    pub pids: u32,
+    pub output_bytes: u64,
+}
+
+/// The result of one run, and the stored record of it (`GET /api/v1/executions/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionResult {
+    pub id: String,
+    pub status: ExecStatus,
+    /// The exit code when the program exited; null when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the program, by name (`SIGKILL`), if any.
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Wall time from the sandbox's creation to the end of its last process.
+    pub duration_ms: f64,
+    pub usage: Usage,
+    pub limits: AppliedLimits,
+    pub mode: Mode,
+    pub image: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// Every error the API returns: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `POST /api/v1/keys` (admin only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Tenant,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Tenant => "tenant",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A key as listed: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+/// The answer to `POST /api/v1/keys`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: KeyInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub cgroup: String,
+    pub running_sandboxes: u64,
+}

@@ -1,0 +1,132 @@
+//! One typed configuration, layered: defaults, then a TOML file, then environment and flags
+//! (applied by the CLI). Unknown fields are refused so a typo never goes unnoticed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The store, images and the generated admin key live here.
+    pub data_dir: PathBuf,
+    /// Runtime state that does not survive a reboot (the launcher's mount point).
+    pub run_dir: PathBuf,
+    /// Largest request body accepted (413 beyond).
+    pub max_request_bytes: usize,
+    pub max_concurrent_sandboxes: usize,
+    /// The unprivileged user every payload runs as.
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// Name of faas's parent cgroup in each hierarchy.
+    pub cgroup_parent: String,
+    pub limits: LimitsConfig,
+}
+
+/// Defaults applied to a request that names no limit, and the most a request may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub default_memory_mb: u64,
+    pub max_memory_mb: u64,
+    pub default_cpu: f64,
+    pub max_cpu: f64,
+    pub default_pids: u32,
+    pub max_pids: u32,
+    /// Bytes kept of stdout and of stderr, each.
+    pub output_bytes: u64,
+    /// Size of a sandbox's writable layer, and of its /tmp and /dev/shm.
+    pub scratch_mb: u64,
+    /// Largest file a payload may write (RLIMIT_FSIZE).
+    pub max_file_mb: u64,
+    pub max_open_files: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("/var/lib/faas"),
+            run_dir: PathBuf::from("/run/faas"),
+            max_request_bytes: 10 * 1024 * 1024,
+            max_concurrent_sandboxes: 64,
+            sandbox_uid: 1000,
+            sandbox_gid: 1000,
+            cgroup_parent: "faas".into(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        Self {
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 300_000,
+            default_memory_mb: 512,
+            max_memory_mb: 8192,
+            default_cpu: 1.0_f64.min(cores),
+            max_cpu: cores,
+            default_pids: 256,
+            max_pids: 4096,
+            output_bytes: 1024 * 1024,
+            scratch_mb: 256,
+            max_file_mb: 256,
+            max_open_files: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+
+    /// Where the launcher mounts each sandbox's scratch space (in the sandbox's own mount
+    /// namespace, so nothing ever appears there on the host).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.run_dir.join("scratch")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_fields() {
+        assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").is_err());
+        assert!(toml::from_str::<Config>("[limits]\nmax_timeout = 3\n").is_err());
+    }
+
+    #[test]
+    fn layers_over_defaults() {
+        let c: Config = toml::from_str("max_concurrent_sandboxes = 3\n[limits]\nmax_pids = 9\n").expect("parses");
+        assert_eq!(c.max_concurrent_sandboxes, 3);
+        assert_eq!(c.limits.max_pids, 9);
+        assert_eq!(c.limits.default_pids, LimitsConfig::default().default_pids);
+    }
+}

@@ -1,0 +1,29 @@
+use thiserror::Error;
+
+/// Everything the engine can answer besides a result. The gateway maps each variant to one
+/// HTTP status, in one place.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The request is well-formed but a value is not acceptable (422).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The thing asked for does not exist, or belongs to another tenant (404).
+    #[error("{kind} '{id}' not found")]
+    NotFound { kind: &'static str, id: String },
+    /// This host or build cannot do it (501); `why` says what is missing.
+    #[error("{what} is not available: {why}")]
+    Unsupported { what: String, why: String },
+    /// Too many sandboxes are running (503).
+    #[error("the server is at its limit of {limit} concurrent sandboxes")]
+    Overloaded { limit: usize },
+    #[error("sandbox failure")]
+    Sandbox(#[from] faas_sandbox::RunError),
+    #[error("store failure")]
+    Store(#[from] faas_store::StoreError),
+    #[error("startup failed while {what}")]
+    Startup {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

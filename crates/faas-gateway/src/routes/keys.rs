@@ -1,0 +1,74 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use faas_api::{CreateKeyRequest, CreatedKey, KeyInfo, KeyList};
+use faas_store::KeyRecord;
+use serde::Deserialize;
+
+use crate::auth::{Caller, new_key};
+use crate::error::ApiError;
+use crate::json::{ApiJson, ApiQuery};
+use crate::AppState;
+
+fn info(record: KeyRecord) -> KeyInfo {
+    KeyInfo {
+        id: record.id,
+        tenant: record.tenant,
+        name: record.name,
+        role: record.role,
+        created_at_ms: record.created_at_ms,
+        revoked: record.revoked,
+    }
+}
+
+fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    caller.require_admin()?;
+    if !valid_tenant(&req.tenant) {
+        return Err(ApiError::InvalidRequest("tenant: 1 to 64 of A-Z a-z 0-9 - _ .".into()));
+    }
+    if req.name.as_ref().is_some_and(|n| n.len() > 200) {
+        return Err(ApiError::InvalidRequest("name: at most 200 bytes".into()));
+    }
+    let (key, record) = new_key(&req.tenant, req.name, req.role);
+    state.engine.store().insert_key(record.clone()).await?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, info: info(record) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    tenant: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    caller.require_admin()?;
+    let keys = state.engine.store().list_keys(query.tenant.as_deref()).await?;
+    Ok(Json(KeyList { keys: keys.into_iter().map(info).collect() }))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    if state.engine.store().revoke_key(&id, None).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound { kind: "key", id })
+    }
+}

@@ -1,0 +1,283 @@
+//! The launcher: a single-threaded process that clones sandboxes on request.
+//!
+//! The server spawns it once (the faas binary re-executed with [`LAUNCHER_ARG`]) and talks
+//! to it over a SOCK_SEQPACKET socket: one message per launch, JSON plus the sandbox's file
+//! descriptors (SCM_RIGHTS); the answer carries the sandbox's pidfd. The launcher keeps no
+//! state about sandboxes: the server owns their pipes, cgroups and pidfds, and the kernel
+//! reaps them (SIGCHLD is ignored here).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use thiserror::Error;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+
+use crate::init::{self, Context};
+use crate::seccomp::Filters;
+use crate::spec::{LAUNCH_PROTOCOL_VERSION, LaunchMessage, LaunchReply};
+
+/// argv[1] that turns the faas binary into the launcher.
+pub const LAUNCHER_ARG: &str = "__launcher";
+/// The launcher finds its end of the socket here.
+const SOCKET_FD: RawFd = 3;
+const MAX_FDS: usize = 16;
+const MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    #[error("talking to the launcher")]
+    Io(#[source] io::Error),
+    #[error("the launcher has exited")]
+    Gone,
+    #[error("the launcher could not start the sandbox: {0}")]
+    Refused(String),
+    #[error("malformed reply from the launcher")]
+    Protocol,
+}
+
+/// The launcher process, as spawned; becomes a [`LauncherClient`] inside the runtime.
+pub struct LauncherProcess {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl LauncherProcess {
+    /// Starts the launcher. Call it from the main thread before the async runtime starts:
+    /// the launcher dies with the thread that spawned it (parent-death signal), and runtime
+    /// worker threads come and go.
+    pub fn spawn(scratch_dir: &Path) -> io::Result<Self> {
+        let (ours, theirs) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(LAUNCHER_ARG).arg(scratch_dir).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if theirs_fd == SOCKET_FD {
+                    if libc::fcntl(SOCKET_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(theirs_fd, SOCKET_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        Ok(Self { child, sock: ours })
+    }
+}
+
+/// A started sandbox: its PID 1 as the host sees it, and a pidfd to signal and watch it.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// The server's handle on the launcher. Launches are serialised on the socket; each one
+/// costs the launcher a clone(), so this is not the bottleneck.
+pub struct LauncherClient {
+    sock: Mutex<AsyncFd<OwnedFd>>,
+    child: std::sync::Mutex<Child>,
+}
+
+impl LauncherClient {
+    pub fn new(process: LauncherProcess) -> io::Result<Self> {
+        set_nonblocking(process.sock.as_raw_fd())?;
+        Ok(Self {
+            // SAFETY: the OwnedFd stays open, and the same descriptor, while the AsyncFd owns it.
+            sock: Mutex::new(unsafe { AsyncFd::register(process.sock) }?),
+            child: std::sync::Mutex::new(process.child),
+        })
+    }
+
+    /// Asks for one sandbox. `fds` follow the order documented on [`LaunchMessage`].
+    pub async fn launch(&self, msg: &LaunchMessage, fds: &[RawFd]) -> Result<Launched, LaunchError> {
+        let body = serde_json::to_vec(msg).map_err(|_| LaunchError::Protocol)?;
+        let sock = self.sock.lock().await;
+        sock.async_io(Interest::WRITABLE, |fd| {
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            socket::sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(&body)], &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(io::Error::from)
+        })
+        .await
+        .map_err(|e| if e.raw_os_error() == Some(libc::EPIPE) { LaunchError::Gone } else { LaunchError::Io(e) })?;
+        let (reply, mut received) = sock
+            .async_io(Interest::READABLE, |fd| recv_with_fds(fd.as_raw_fd(), 4096))
+            .await
+            .map_err(LaunchError::Io)?;
+        drop(sock);
+        if reply.is_empty() {
+            return Err(LaunchError::Gone);
+        }
+        match serde_json::from_slice::<LaunchReply>(&reply).map_err(|_| LaunchError::Protocol)? {
+            LaunchReply::Started { pid } => {
+                let pidfd = received.pop().ok_or(LaunchError::Protocol)?;
+                Ok(Launched { pid, pidfd })
+            }
+            LaunchReply::Failed { error } => Err(LaunchError::Refused(error)),
+        }
+    }
+
+    /// Whether the launcher process is still alive.
+    pub fn is_alive(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(child.try_wait(), Ok(None))
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one message and the descriptors that came with it (close-on-exec).
+fn recv_with_fds(fd: RawFd, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; max];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message truncated"));
+    }
+    let n = msg.bytes;
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+fn send_reply(reply: &LaunchReply, fd: Option<RawFd>) {
+    let body = serde_json::to_vec(reply).unwrap_or_default();
+    let fds: Vec<RawFd> = fd.into_iter().collect();
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    // A failed send means the server is gone; the next recv sees EOF and we exit.
+    let _ = socket::sendmsg::<()>(SOCKET_FD, &[IoSlice::new(&body)], cmsgs, MsgFlags::MSG_NOSIGNAL, None);
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The launcher process's main loop. Never returns.
+pub fn launcher_main(scratch_dir: PathBuf) -> ! {
+    let ctx = match prepare(scratch_dir) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("faas launcher: {e}");
+            std::process::exit(1);
+        }
+    };
+    loop {
+        let (body, fds) = match recv_with_fds(SOCKET_FD, MAX_MESSAGE) {
+            Ok((body, _)) if body.is_empty() => std::process::exit(0),
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("faas launcher: receive: {e}");
+                std::process::exit(1);
+            }
+        };
+        match serde_json::from_slice::<LaunchMessage>(&body) {
+            Ok(msg) if msg.version == LAUNCH_PROTOCOL_VERSION => {
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                match clone_sandbox(&ctx, &msg, &raw) {
+                    Ok((pid, pidfd)) => {
+                        drop(fds);
+                        send_reply(&LaunchReply::Started { pid }, Some(pidfd.as_raw_fd()));
+                    }
+                    Err(e) => send_reply(&LaunchReply::Failed { error: format!("clone: {e}") }, None),
+                }
+            }
+            Ok(msg) => send_reply(
+                &LaunchReply::Failed { error: format!("protocol version {} not supported", msg.version) },
+                None,
+            ),
+            Err(e) => send_reply(&LaunchReply::Failed { error: format!("bad request: {e}") }, None),
+        }
+    }
+}
+
+fn prepare(scratch: PathBuf) -> Result<Context, String> {
+    // The kernel reaps our children; the server watches them through pidfds.
+    // SAFETY: setting a signal disposition in a single-threaded process.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
+    let filters = Filters::build().map_err(|e| e.to_string())?;
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    Ok(Context { filters, last_cap, scratch })
+}
+
+/// clone3 into new pid, mount, network, uts and ipc namespaces, with a pidfd.
+fn clone_sandbox(ctx: &Context, msg: &LaunchMessage, fds: &[RawFd]) -> io::Result<(i32, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: (libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
+    // single-threaded process and continues on its own copy of the stack.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => init::run(ctx, msg, fds),
+        pid => {
+            // SAFETY: the kernel wrote a fresh pidfd for us.
+            Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The sandbox: everything that touches the kernel to isolate one run.
+//!
+//! - [`launcher`]: a single-threaded helper process (the faas binary re-executed) that
+//!   receives launch requests over a socket and clones sandboxes. Forking from the
+//!   multi-threaded server would be unsafe and slow; the launcher keeps the hot path short.
+//! - `init` (private): the code that runs inside the new namespaces as PID 1: mounts the
+//!   root filesystem, joins the cgroup, then forks the payload and reports how it ended.
+//! - [`cgroup`]: per-sandbox limits and usage on cgroup v1 or v2, detected at start-up.
+//! - [`seccomp`]: the syscall filter every payload runs under.
+//! - [`run`]: the server side of one run: cgroup, pipes, launch, timeout, output caps,
+//!   usage and cleanup, whatever happens.
+
+pub mod cgroup;
+mod init;
+pub mod launcher;
+pub mod run;
+pub mod seccomp;
+pub mod spec;
+
+pub use cgroup::{CgroupError, CgroupRoot, CgroupVersion, Limits};
+pub use launcher::{LaunchError, LauncherClient, LauncherProcess};
+pub use run::{RunEnd, RunError, RunOutcome, RunRequest, Sandboxes};
+pub use spec::{BindMount, FileSpec, LaunchSpec};
+
+/// `SIGKILL` for 9, and so on; unknown numbers read `SIG<n>`.
+pub fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("SIG{signal}"))
+}

@@ -1,0 +1,71 @@
+//! What the launcher needs to build one sandbox. Sent from the server to the launcher
+//! as JSON over a local socket, together with the file descriptors it refers to.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the server <-> launcher message format. Both sides are the same binary, but a
+/// launcher left running across an upgrade must refuse rather than misread.
+pub const LAUNCH_PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Program and arguments. A program without a `/` is looked up in the `PATH` of `env`.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` pairs, the payload's whole environment.
+    pub env: Vec<String>,
+    /// Absolute path inside the sandbox; created (owned by `uid`) when missing.
+    pub workdir: String,
+    pub hostname: String,
+    /// Read-only lower layer of the root filesystem.
+    pub rootfs: PathBuf,
+    /// Host directories mounted read-only into the sandbox (for the host image: `/usr`).
+    pub binds: Vec<BindMount>,
+    /// Size of the sandbox's writable layer, `/tmp` and `/dev/shm` (each a tmpfs of this size,
+    /// charged to the sandbox's memory cgroup).
+    pub scratch_bytes: u64,
+    /// Files written into the sandbox before the payload starts, read from the blob fd.
+    pub files: Vec<FileSpec>,
+    pub uid: u32,
+    pub gid: u32,
+    /// RLIMIT_FSIZE: the largest file the payload may write.
+    pub max_file_bytes: u64,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox; must exist in the rootfs.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub mode: u32,
+    /// Where the content starts in the blob, and how long it is.
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One launch request as it travels to the launcher. The file descriptors travel beside it
+/// (SCM_RIGHTS) in this order: stdin, stdout, stderr, status, the blob if `has_blob`, then
+/// `cgroup_fds` open `cgroup.procs` files the sandbox joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchMessage {
+    pub version: u32,
+    pub spec: LaunchSpec,
+    pub has_blob: bool,
+    pub cgroup_fds: usize,
+}
+
+/// The launcher's answer; on success the sandbox's pidfd travels beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LaunchReply {
+    Started { pid: i32 },
+    Failed { error: String },
+}

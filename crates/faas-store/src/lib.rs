@@ -1,0 +1,61 @@
+//! Durable state: API keys and execution records. [`Store`] is what the engine and the
+//! gateway see; [`SqliteStore`] is the embedded default. A PostgreSQL implementation for
+//! clusters joins behind the same trait.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use faas_api::{ExecutionResult, Role};
+use thiserror::Error;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored record {id} is unreadable")]
+    Corrupt {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database schema version {found} is newer than this binary knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("database task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An API key as stored: the secret only as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub hash: String,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_key(&self, key: KeyRecord) -> Result<()>;
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>>;
+    /// Keys of one tenant, or of all tenants with `None`.
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>>;
+    /// Revokes a key; `false` when no such key exists (in that tenant, if given).
+    async fn revoke_key(&self, id: &str, tenant: Option<&str>) -> Result<bool>;
+    async fn has_admin_key(&self) -> Result<bool>;
+
+    /// Records an execution as it starts (status `running`).
+    async fn insert_execution(&self, tenant: &str, record: &ExecutionResult) -> Result<()>;
+    /// Replaces a record with its final result.
+    async fn finish_execution(&self, record: &ExecutionResult) -> Result<()>;
+    /// One tenant's execution; another tenant's is `None`, as if it did not exist.
+    async fn execution(&self, tenant: &str, id: &str) -> Result<Option<ExecutionResult>>;
+    /// Marks executions left `running` by a previous process as `lost`; returns how many.
+    async fn mark_interrupted_executions(&self) -> Result<u64>;
+}

@@ -1,0 +1,326 @@
+//! The embedded store: one SQLite file in WAL mode. Calls run on the blocking pool; each is
+//! a single short statement, so one connection behind a mutex is enough.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use faas_api::{ExecStatus, ExecutionResult, Role};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{KeyRecord, Result, Store, StoreError};
+
+/// Schema migrations, applied in order; the database's `user_version` is how many ran.
+/// Never edit one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and executions.
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT,
+        role TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX api_keys_tenant ON api_keys(tenant);
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX executions_tenant ON executions(tenant, created_at_ms);
+    CREATE INDEX executions_status ON executions(status);",
+];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the
+        // last transactions, never corrupt the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew { found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn role_from(s: &str) -> Role {
+    if s == "admin" { Role::Admin } else { Role::Tenant }
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        name: row.get(2)?,
+        role: role_from(&row.get::<_, String>(3)?),
+        hash: row.get(4)?,
+        created_at_ms: row.get::<_, i64>(5)? as u64,
+        revoked: row.get::<_, i64>(6)? != 0,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant, name, role, hash, created_at_ms, revoked";
+
+fn decode(id: &str, json: &str) -> Result<ExecutionResult> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
+}
+
+fn encode(record: &ExecutionResult) -> String {
+    // Serialising plain data cannot fail.
+    serde_json::to_string(record).unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_key(&self, key: KeyRecord) -> Result<()> {
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    key.id,
+                    key.tenant,
+                    key.name,
+                    key.role.as_str(),
+                    key.hash,
+                    key.created_at_ms as i64,
+                    key.revoked as i64
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+                [hash],
+                key_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyRecord>> {
+        let tenant = tenant.map(str::to_owned);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at_ms, id"
+            ))?;
+            let keys = stmt.query_map([tenant], key_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str, tenant: Option<&str>) -> Result<bool> {
+        let (id, tenant) = (id.to_owned(), tenant.map(str::to_owned));
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked = 1 WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+                params![id, tenant],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn has_admin_key(&self) -> Result<bool> {
+        self.with(|c| {
+            let n: i64 =
+                c.query_row("SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND revoked = 0", [], |r| r.get(0))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_execution(&self, tenant: &str, record: &ExecutionResult) -> Result<()> {
+        let (tenant, id, status, created, json) = (
+            tenant.to_owned(),
+            record.id.clone(),
+            record.status.as_str(),
+            record.created_at_ms as i64,
+            encode(record),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO executions (id, tenant, status, created_at_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, tenant, status, created, json],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_execution(&self, record: &ExecutionResult) -> Result<()> {
+        let (id, status, json) = (record.id.clone(), record.status.as_str(), encode(record));
+        self.with(move |c| {
+            c.execute("UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1", params![id, status, json])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execution(&self, tenant: &str, id: &str) -> Result<Option<ExecutionResult>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.with(move |c| {
+            let json: Option<String> = c
+                .query_row(
+                    "SELECT result FROM executions WHERE id = ?1 AND tenant = ?2",
+                    params![id, tenant],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            json.map(|j| decode(&id, &j)).transpose()
+        })
+        .await
+    }
+
+    async fn mark_interrupted_executions(&self) -> Result<u64> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let rows: Vec<(String, String)> = {
+                let mut stmt = tx.prepare("SELECT id, result FROM executions WHERE status = 'running'")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+            };
+            for (id, json) in &rows {
+                let mut record = decode(id, json)?;
+                record.status = ExecStatus::Lost;
+                tx.execute(
+                    "UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1",
+                    params![id, record.status.as_str(), encode(&record)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(rows.len() as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faas_api::{AppliedLimits, Mode, Usage};
+
+    fn temp_db() -> (std::path::PathBuf, SqliteStore) {
+        let dir = std::env::temp_dir().join(format!("faas-store-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = SqliteStore::open(&dir.join("faas.db")).expect("open");
+        (dir, store)
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    }
+
+    fn record(id: &str, status: ExecStatus) -> ExecutionResult {
+        ExecutionResult {
+            id: id.into(),
+            status,
+            exit_code: None,
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 0.0,
+            usage: Usage::default(),
+            limits: AppliedLimits { timeout_ms: 1, memory_mb: 1, cpu: 1.0, pids: 1, output_bytes: 1 },
+            mode: Mode::Ephemeral,
+            image: "host".into(),
+            created_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn executions_are_per_tenant_and_survive_reopen() {
+        let (dir, store) = temp_db();
+        store.insert_execution("a", &record("ex1", ExecStatus::Running)).await.expect("insert");
+        store.insert_execution("a", &record("ex2", ExecStatus::Running)).await.expect("insert");
+        store.finish_execution(&record("ex2", ExecStatus::Exited)).await.expect("finish");
+        assert!(store.execution("b", "ex1").await.expect("query").is_none());
+        drop(store);
+        let store = SqliteStore::open(&dir.join("faas.db")).expect("reopen");
+        assert_eq!(store.mark_interrupted_executions().await.expect("mark"), 1);
+        let ex1 = store.execution("a", "ex1").await.expect("query").expect("present");
+        assert_eq!(ex1.status, ExecStatus::Lost);
+        let ex2 = store.execution("a", "ex2").await.expect("query").expect("present");
+        assert_eq!(ex2.status, ExecStatus::Exited);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn keys_revoke_within_tenant_only() {
+        let (dir, store) = temp_db();
+        let key = KeyRecord {
+            id: "k1".into(),
+            tenant: "a".into(),
+            name: None,
+            role: Role::Tenant,
+            hash: "h1".into(),
+            created_at_ms: 1,
+            revoked: false,
+        };
+        store.insert_key(key).await.expect("insert");
+        assert!(!store.revoke_key("k1", Some("b")).await.expect("revoke"));
+        assert!(store.revoke_key("k1", Some("a")).await.expect("revoke"));
+        assert!(store.key_by_hash("h1").await.expect("query").expect("present").revoked);
+        assert!(!store.has_admin_key().await.expect("query"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let (dir, store) = temp_db();
+        drop(store);
+        let conn = Connection::open(dir.join("faas.db")).expect("open");
+        conn.pragma_update(None, "user_version", 99).expect("set");
+        drop(conn);
+        assert!(matches!(SqliteStore::open(&dir.join("faas.db")), Err(StoreError::TooNew { .. })));
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
