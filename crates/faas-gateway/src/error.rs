@@ -83,7 +83,7 @@ fn body(status: StatusCode, code: &str, message: String) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             let detail = chain(&self);
             tracing::error!(error = %detail, "request failed");
             match &self {

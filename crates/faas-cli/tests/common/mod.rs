@@ -1,0 +1,231 @@
+//! Test harness: starts a real `faas serve` (root needed: namespaces, mounts, cgroups)
+//! with its own data dir, run dir and cgroup parent, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const ADMIN_KEY: &str = "faas_test_admin_key_0123456789abcdef";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Skips the calling test, with the reason printed, when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("SKIPPED: this test needs root (namespaces, mounts, cgroups); run as root to exercise it");
+            return;
+        }
+    };
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub cgroup_parent: String,
+    config_path: PathBuf,
+    http: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts a server; `extra` is TOML appended to the test config (for example limits).
+    pub async fn start_with(extra: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("faas-test-{}-{n}", std::process::id());
+        let base = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("test dir");
+        let config_path = base.join("config.toml");
+        let (top, tables) = split_extra(extra);
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}\"\nrun_dir = \"{r}\"\ncgroup_parent = \"{name}\"\n{top}\n{tables}\n",
+            d = base.join("data").display(),
+            r = base.join("run").display(),
+        );
+        std::fs::write(&config_path, config).expect("config");
+        let mut server = Self {
+            child: None,
+            url: String::new(),
+            data_dir: base.join("data"),
+            run_dir: base.join("run"),
+            cgroup_parent: name,
+            config_path,
+            http: reqwest::Client::new(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("FAAS_API_KEY", ADMIN_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn faas serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("faas listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start within 30 s");
+        self.child = Some(child);
+    }
+
+    /// Kills the server with SIGKILL (no cleanup) and starts it again on the same state.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<String>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).timeout(Duration::from_secs(120));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, body, headers }
+    }
+
+    /// POST /api/v1/execute as the admin; panics unless 200.
+    pub async fn exec(&self, req: Value) -> Value {
+        self.exec_as(ADMIN_KEY, req).await
+    }
+
+    pub async fn exec_as(&self, key: &str, req: Value) -> Value {
+        let reply = self.post("/api/v1/execute", key, req).await;
+        assert_eq!(reply.status, 200, "execute failed: {}", reply.body);
+        reply.body
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.request(reqwest::Method::POST, path, Some(key), Some(body.to_string())).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Reply {
+        self.request(reqwest::Method::GET, path, Some(key), None).await
+    }
+
+    /// A new tenant key, minted by the admin.
+    pub async fn tenant_key(&self, tenant: &str) -> String {
+        let reply = self.post("/api/v1/keys", ADMIN_KEY, json!({"tenant": tenant})).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body["key"].as_str().expect("key").to_owned()
+    }
+
+    /// Sandbox cgroups that currently exist under this server's parent, in any hierarchy.
+    pub fn live_cgroups(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for hierarchy in cgroup_hierarchies() {
+            if let Ok(entries) = std::fs::read_dir(hierarchy.join(&self.cgroup_parent)) {
+                found.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+        }
+        found
+    }
+}
+
+fn split_extra(extra: &str) -> (String, String) {
+    // Top-level keys must come before any [table] in TOML.
+    match extra.find('[') {
+        Some(i) => (extra[..i].to_owned(), extra[i..].to_owned()),
+        None => (extra.to_owned(), String::new()),
+    }
+}
+
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.to_owned()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    dirs
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: the graceful path, which kills running sandboxes.
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for hierarchy in cgroup_hierarchies() {
+            let _ = std::fs::remove_dir(hierarchy.join(&self.cgroup_parent));
+        }
+        if let Some(base) = self.data_dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Host processes whose command line contains `marker`.
+pub fn host_processes_with(marker: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) && !text.contains("cargo") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
