@@ -23,21 +23,38 @@ impl Client {
                 let path = std::path::Path::new(&dir).join("admin.key");
                 std::fs::read_to_string(&path)
                     .map(|k| k.trim().to_owned())
-                    .with_context(|| format!("no FAAS_API_KEY set, and {} is not readable", path.display()))?
+                    .with_context(|| {
+                        format!(
+                            "no FAAS_API_KEY set, and {} is not readable",
+                            path.display()
+                        )
+                    })?
             }
         };
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), key, http: reqwest::Client::new() })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+            http: reqwest::Client::new(),
+        })
     }
 
     /// Sends a request and returns the JSON answer (Null for 204); API errors become
     /// `code: message (HTTP status)`.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(&self.key);
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the faas server at {}", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the faas server at {}", self.base))?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
@@ -47,12 +64,19 @@ impl Client {
             return serde_json::from_str(&text).context("the server's answer is not JSON");
         }
         match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(err) => Err(anyhow!("{}: {} (HTTP {})", err.error.code, err.error.message, status.as_u16())),
+            Ok(err) => Err(anyhow!(
+                "{}: {} (HTTP {})",
+                err.error.code,
+                err.error.message,
+                status.as_u16()
+            )),
             Err(_) => Err(anyhow!("HTTP {}: {text}", status.as_u16())),
         }
     }
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

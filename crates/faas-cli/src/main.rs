@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "faas", version, about = "Run untrusted code in fast, isolated sandboxes")]
+#[command(
+    name = "faas",
+    version,
+    about = "Run untrusted code in fast, isolated sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -51,7 +55,10 @@ fn main() -> anyhow::Result<()> {
     // The launcher role comes first: it must stay single-threaded and lean.
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(faas_sandbox::launcher::LAUNCHER_ARG)) {
-        let scratch = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/faas/scratch"));
+        let scratch = args
+            .next()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/faas/scratch"));
         faas_sandbox::launcher::launcher_main(scratch);
     }
     let cli = Cli::parse();
@@ -89,7 +96,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the runtime: the launcher is tied to the life of the thread that spawns it.
     let launcher = faas_sandbox::LauncherProcess::spawn(&config.scratch_dir())
         .map_err(|e| anyhow::anyhow!("starting the sandbox launcher: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime
         .block_on(faas_gateway::serve(config, launcher, admin_key))
         .map_err(|e| anyhow::Error::new(e).context("faas serve"))

@@ -64,7 +64,9 @@ impl Default for Config {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
         Self {
             default_timeout_ms: 10_000,
             max_timeout_ms: 300_000,
@@ -100,9 +102,14 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Where the launcher mounts each sandbox's scratch space (in the sandbox's own mount
@@ -124,7 +131,8 @@ mod tests {
 
     #[test]
     fn layers_over_defaults() {
-        let c: Config = toml::from_str("max_concurrent_sandboxes = 3\n[limits]\nmax_pids = 9\n").expect("parses");
+        let c: Config = toml::from_str("max_concurrent_sandboxes = 3\n[limits]\nmax_pids = 9\n")
+            .expect("parses");
         assert_eq!(c.max_concurrent_sandboxes, 3);
         assert_eq!(c.limits.max_pids, 9);
         assert_eq!(c.limits.default_pids, LimitsConfig::default().default_pids);

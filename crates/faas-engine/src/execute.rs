@@ -27,25 +27,41 @@ struct Plan {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> EngineError {
-    EngineError::Invalid { field, reason: reason.into() }
+    EngineError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 fn no_nul(field: &'static str, s: &str) -> Result<(), EngineError> {
-    if s.contains('\0') { Err(invalid(field, "must not contain NUL bytes")) } else { Ok(()) }
+    if s.contains('\0') {
+        Err(invalid(field, "must not contain NUL bytes"))
+    } else {
+        Ok(())
+    }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Engine {
-    pub async fn execute(&self, tenant: &Tenant, req: ExecuteRequest) -> Result<ExecutionResult, EngineError> {
+    pub async fn execute(
+        &self,
+        tenant: &Tenant,
+        req: ExecuteRequest,
+    ) -> Result<ExecutionResult, EngineError> {
         let plan = self.plan(req)?;
-        let _permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| EngineError::Overloaded { limit: self.config.max_concurrent_sandboxes })?;
+        let _permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| EngineError::Overloaded {
+                    limit: self.config.max_concurrent_sandboxes,
+                })?;
 
         let id = format!("ex_{}", uuid::Uuid::now_v7().simple());
         let mut record = ExecutionResult {
@@ -92,19 +108,28 @@ impl Engine {
             output_limit: plan.limits.output_bytes as usize,
         };
         // The "running" record is written while the sandbox starts, off the critical path.
-        let (inserted, outcome) =
-            tokio::join!(self.store.insert_execution(&tenant.0, &record), self.sandboxes.run(run));
+        let (inserted, outcome) = tokio::join!(
+            self.store.insert_execution(&tenant.0, &record),
+            self.sandboxes.run(run)
+        );
         inserted?;
         fill_result(&mut record, outcome?);
         self.store.finish_execution(&record).await?;
         Ok(record)
     }
 
-    pub async fn execution(&self, tenant: &Tenant, id: &str) -> Result<ExecutionResult, EngineError> {
+    pub async fn execution(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<ExecutionResult, EngineError> {
         self.store
             .execution(&tenant.0, id)
             .await?
-            .ok_or_else(|| EngineError::NotFound { kind: "execution", id: id.to_owned() })
+            .ok_or_else(|| EngineError::NotFound {
+                kind: "execution",
+                id: id.to_owned(),
+            })
     }
 
     fn plan(&self, req: ExecuteRequest) -> Result<Plan, EngineError> {
@@ -124,11 +149,16 @@ impl Engine {
         let image = self
             .images
             .resolve(image_name)
-            .ok_or_else(|| EngineError::NotFound { kind: "image", id: image_name.to_owned() })?;
+            .ok_or_else(|| EngineError::NotFound {
+                kind: "image",
+                id: image_name.to_owned(),
+            })?;
         let limits = self.limits(&req)?;
 
         let (argv, files, blob) = match (req.command, req.code) {
-            (Some(_), Some(_)) => return Err(invalid("command", "give either command or code, not both")),
+            (Some(_), Some(_)) => {
+                return Err(invalid("command", "give either command or code, not both"));
+            }
             (None, None) => return Err(invalid("command", "one of command or code is required")),
             (Some(command), None) => {
                 if req.language.is_some() {
@@ -137,12 +167,27 @@ impl Engine {
                 (command_argv(command)?, Vec::new(), Vec::new())
             }
             (None, Some(code)) => {
-                let name = req.language.as_deref().ok_or_else(|| invalid("language", "code needs a language"))?;
+                let name = req
+                    .language
+                    .as_deref()
+                    .ok_or_else(|| invalid("language", "code needs a language"))?;
                 let language = languages::find(name).ok_or_else(|| {
-                    invalid("language", format!("unknown language '{name}'; known: {}", languages::names()))
+                    invalid(
+                        "language",
+                        format!("unknown language '{name}'; known: {}", languages::names()),
+                    )
                 })?;
-                let file = FileSpec { path: language.file.into(), mode: 0o644, offset: 0, len: code.len() as u64 };
-                (language.argv.iter().map(|s| s.to_string()).collect(), vec![file], code.into_bytes())
+                let file = FileSpec {
+                    path: language.file.into(),
+                    mode: 0o644,
+                    offset: 0,
+                    len: code.len() as u64,
+                };
+                (
+                    language.argv.iter().map(|s| s.to_string()).collect(),
+                    vec![file],
+                    code.into_bytes(),
+                )
             }
         };
 
@@ -179,21 +224,39 @@ impl Engine {
         let c = &self.config.limits;
         let timeout_ms = req.timeout_ms.unwrap_or(c.default_timeout_ms);
         if timeout_ms == 0 || timeout_ms > c.max_timeout_ms {
-            return Err(invalid("timeout_ms", format!("must be between 1 and {}", c.max_timeout_ms)));
+            return Err(invalid(
+                "timeout_ms",
+                format!("must be between 1 and {}", c.max_timeout_ms),
+            ));
         }
         let memory_mb = req.memory_mb.unwrap_or(c.default_memory_mb);
         if !(MIN_MEMORY_MB..=c.max_memory_mb).contains(&memory_mb) {
-            return Err(invalid("memory_mb", format!("must be between {MIN_MEMORY_MB} and {}", c.max_memory_mb)));
+            return Err(invalid(
+                "memory_mb",
+                format!("must be between {MIN_MEMORY_MB} and {}", c.max_memory_mb),
+            ));
         }
         let cpu = req.cpu.unwrap_or(c.default_cpu);
         if !cpu.is_finite() || cpu < MIN_CPU || cpu > c.max_cpu {
-            return Err(invalid("cpu", format!("must be between {MIN_CPU} and {} cores", c.max_cpu)));
+            return Err(invalid(
+                "cpu",
+                format!("must be between {MIN_CPU} and {} cores", c.max_cpu),
+            ));
         }
         let pids = req.pids.unwrap_or(c.default_pids);
         if pids == 0 || pids > c.max_pids {
-            return Err(invalid("pids", format!("must be between 1 and {}", c.max_pids)));
+            return Err(invalid(
+                "pids",
+                format!("must be between 1 and {}", c.max_pids),
+            ));
         }
-        Ok(AppliedLimits { timeout_ms, memory_mb, cpu, pids, output_bytes: c.output_bytes })
+        Ok(AppliedLimits {
+            timeout_ms,
+            memory_mb,
+            cpu,
+            pids,
+            output_bytes: c.output_bytes,
+        })
     }
 }
 
@@ -232,7 +295,11 @@ fn fill_result(record: &mut ExecutionResult, outcome: RunOutcome) {
             let reason = std::io::Error::from_raw_os_error(errno);
             let program = record_program(&stage);
             stderr.extend_from_slice(format!("faas: {program}: {reason}\n").as_bytes());
-            (ExecStatus::Exited, Some(if errno == libc::ENOENT { 127 } else { 126 }), None)
+            (
+                ExecStatus::Exited,
+                Some(if errno == libc::ENOENT { 127 } else { 126 }),
+                None,
+            )
         }
     };
     record.status = status;

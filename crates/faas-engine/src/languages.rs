@@ -9,22 +9,43 @@ pub struct Language {
 }
 
 pub const LANGUAGES: &[Language] = &[
-    Language { name: "python", aliases: &["python3", "py"], file: "/code/main.py", argv: &["python3", "/code/main.py"] },
+    Language {
+        name: "python",
+        aliases: &["python3", "py"],
+        file: "/code/main.py",
+        argv: &["python3", "/code/main.py"],
+    },
     Language {
         name: "javascript",
         aliases: &["js", "node", "nodejs"],
         file: "/code/main.js",
         argv: &["node", "/code/main.js"],
     },
-    Language { name: "bash", aliases: &[], file: "/code/main.sh", argv: &["bash", "/code/main.sh"] },
-    Language { name: "sh", aliases: &["shell"], file: "/code/main.sh", argv: &["sh", "/code/main.sh"] },
+    Language {
+        name: "bash",
+        aliases: &[],
+        file: "/code/main.sh",
+        argv: &["bash", "/code/main.sh"],
+    },
+    Language {
+        name: "sh",
+        aliases: &["shell"],
+        file: "/code/main.sh",
+        argv: &["sh", "/code/main.sh"],
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Language> {
     let name = name.to_ascii_lowercase();
-    LANGUAGES.iter().find(|l| l.name == name || l.aliases.contains(&name.as_str()))
+    LANGUAGES
+        .iter()
+        .find(|l| l.name == name || l.aliases.contains(&name.as_str()))
 }
 
 pub fn names() -> String {
-    LANGUAGES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
+    LANGUAGES
+        .iter()
+        .map(|l| l.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -37,26 +37,45 @@ impl Engine {
     /// connects to the launcher (which the caller spawned before the runtime started).
     pub async fn start(config: Config, launcher: LauncherProcess) -> Result<Self, EngineError> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| EngineError::Startup { what: "creating the data directory", source: source.into() })?;
-        let store = SqliteStore::open(&data_dir.join("faas.db"))
-            .map_err(|source| EngineError::Startup { what: "opening the store", source: source.into() })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| EngineError::Startup {
+            what: "creating the data directory",
+            source: source.into(),
+        })?;
+        let store = SqliteStore::open(&data_dir.join("faas.db")).map_err(|source| {
+            EngineError::Startup {
+                what: "opening the store",
+                source: source.into(),
+            }
+        })?;
         let lost = store.mark_interrupted_executions().await?;
         if lost > 0 {
-            tracing::warn!(lost, "executions interrupted by the previous shutdown were marked lost");
+            tracing::warn!(
+                lost,
+                "executions interrupted by the previous shutdown were marked lost"
+            );
         }
-        let cgroups = CgroupRoot::detect(&config.cgroup_parent)
-            .map_err(|source| EngineError::Startup { what: "detecting cgroups", source: source.into() })?;
+        let cgroups =
+            CgroupRoot::detect(&config.cgroup_parent).map_err(|source| EngineError::Startup {
+                what: "detecting cgroups",
+                source: source.into(),
+            })?;
         let cleared = cgroups
             .clear_leftovers()
-            .map_err(|source| EngineError::Startup { what: "clearing leftover cgroups", source: source.into() })?;
+            .map_err(|source| EngineError::Startup {
+                what: "clearing leftover cgroups",
+                source: source.into(),
+            })?;
         if cleared > 0 {
             tracing::warn!(cleared, "removed sandboxes left behind by a previous run");
         }
-        let images = LocalImages::prepare(&config)
-            .map_err(|source| EngineError::Startup { what: "preparing images", source: source.into() })?;
-        let launcher = LauncherClient::new(launcher)
-            .map_err(|source| EngineError::Startup { what: "connecting to the launcher", source: source.into() })?;
+        let images = LocalImages::prepare(&config).map_err(|source| EngineError::Startup {
+            what: "preparing images",
+            source: source.into(),
+        })?;
+        let launcher = LauncherClient::new(launcher).map_err(|source| EngineError::Startup {
+            what: "connecting to the launcher",
+            source: source.into(),
+        })?;
         tracing::info!(cgroup = cgroups.version().as_str(), "engine ready");
         Ok(Self {
             admission: Arc::new(Semaphore::new(config.max_concurrent_sandboxes)),

@@ -29,7 +29,11 @@ pub struct Caller {
 
 impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.role == Role::Admin { Ok(()) } else { Err(ApiError::AdminOnly) }
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::AdminOnly)
+        }
     }
 }
 
@@ -45,7 +49,10 @@ fn random_hex(bytes: usize) -> String {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh key and its record.
@@ -65,11 +72,19 @@ pub fn new_key(tenant: &str, name: Option<String>, role: Role) -> (String, KeyRe
 
 fn presented_key(parts: &Parts) -> Option<&str> {
     let headers = &parts.headers;
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -77,21 +92,36 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = presented_key(parts).ok_or(ApiError::MissingKey)?;
-        let record = state.engine.store().key_by_hash(&hash_key(key)).await?.ok_or(ApiError::BadKey)?;
+        let record = state
+            .engine
+            .store()
+            .key_by_hash(&hash_key(key))
+            .await?
+            .ok_or(ApiError::BadKey)?;
         if record.revoked {
             return Err(ApiError::BadKey);
         }
-        Ok(Caller { tenant: Tenant(record.tenant), role: record.role })
+        Ok(Caller {
+            tenant: Tenant(record.tenant),
+            role: record.role,
+        })
     }
 }
 
 /// Makes sure an operator can get in: the key in FAAS_API_KEY becomes an admin key, or, on
 /// a first start without one, a new admin key is written to `<data_dir>/admin.key` (0600).
-pub async fn bootstrap_admin(engine: &Arc<Engine>, configured: Option<String>) -> Result<(), ServeError> {
+pub async fn bootstrap_admin(
+    engine: &Arc<Engine>,
+    configured: Option<String>,
+) -> Result<(), ServeError> {
     let store = engine.store();
     if let Some(key) = configured.filter(|k| !k.is_empty()) {
         let hash = hash_key(&key);
-        match store.key_by_hash(&hash).await.map_err(ServeError::AdminKey)? {
+        match store
+            .key_by_hash(&hash)
+            .await
+            .map_err(ServeError::AdminKey)?
+        {
             Some(existing) if existing.revoked => {
                 tracing::warn!(id = %existing.id, "FAAS_API_KEY names a revoked key; it stays revoked")
             }
@@ -106,7 +136,10 @@ pub async fn bootstrap_admin(engine: &Arc<Engine>, configured: Option<String>) -
                     created_at_ms: now_ms(),
                     revoked: false,
                 };
-                store.insert_key(record).await.map_err(ServeError::AdminKey)?;
+                store
+                    .insert_key(record)
+                    .await
+                    .map_err(ServeError::AdminKey)?;
             }
         }
         return Ok(());
@@ -114,7 +147,11 @@ pub async fn bootstrap_admin(engine: &Arc<Engine>, configured: Option<String>) -
     if store.has_admin_key().await.map_err(ServeError::AdminKey)? {
         return Ok(());
     }
-    let (key, record) = new_key(ADMIN_TENANT, Some("bootstrap (generated)".into()), Role::Admin);
+    let (key, record) = new_key(
+        ADMIN_TENANT,
+        Some("bootstrap (generated)".into()),
+        Role::Admin,
+    );
     let path = engine.config().data_dir.join("admin.key");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -124,7 +161,10 @@ pub async fn bootstrap_admin(engine: &Arc<Engine>, configured: Option<String>) -
         .open(&path)
         .map_err(ServeError::AdminKeyFile)?;
     writeln!(file, "{key}").map_err(ServeError::AdminKeyFile)?;
-    store.insert_key(record).await.map_err(ServeError::AdminKey)?;
+    store
+        .insert_key(record)
+        .await
+        .map_err(ServeError::AdminKey)?;
     println!("faas admin key written to {}", path.display());
     Ok(())
 }

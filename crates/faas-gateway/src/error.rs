@@ -46,14 +46,18 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::Body => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::RouteNotFound | ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::RouteNotFound | ApiError::NotFound { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Engine(e) => match e {
                 EngineError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
                 EngineError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 EngineError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
                 EngineError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-                EngineError::Sandbox(RunError::Setup { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
+                EngineError::Sandbox(RunError::Setup { .. }) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed")
+                }
                 EngineError::Sandbox(_) | EngineError::Store(_) | EngineError::Startup { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
@@ -76,7 +80,12 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn body(status: StatusCode, code: &str, message: String) -> Response {
-    let body = ErrorBody { error: ErrorDetail { code: code.into(), message } };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.into(),
+            message,
+        },
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -96,10 +105,14 @@ impl IntoResponse for ApiError {
         };
         let mut response = body(status, code, message);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -113,5 +126,9 @@ pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown");
     tracing::error!(panic = what, "handler panicked");
-    body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details".into())
+    body(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the server log has the details".into(),
+    )
 }

@@ -43,14 +43,28 @@ pub enum ServeError {
 
 /// Starts the engine and serves the API until SIGINT or SIGTERM. `admin_key` is the
 /// operator's bootstrap key (FAAS_API_KEY), if any.
-pub async fn serve(config: Config, launcher: LauncherProcess, admin_key: Option<String>) -> Result<(), ServeError> {
+pub async fn serve(
+    config: Config,
+    launcher: LauncherProcess,
+    admin_key: Option<String>,
+) -> Result<(), ServeError> {
     let listen = config.listen;
     let body_limit = config.max_request_bytes;
     let engine = Arc::new(Engine::start(config, launcher).await?);
     auth::bootstrap_admin(&engine, admin_key).await?;
 
-    let app = router(AppState { engine: Arc::clone(&engine) }, body_limit);
-    let listener = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind { addr: listen, source })?;
+    let app = router(
+        AppState {
+            engine: Arc::clone(&engine),
+        },
+        body_limit,
+    );
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     // Tests and scripts read this line to find the port.
     println!("faas listening on http://{local}");

@@ -31,7 +31,11 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { path: path.to_owned(), op, source }
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +102,9 @@ impl CgroupRoot {
         let mut v1: Vec<(&'static str, PathBuf)> = Vec::new();
         for line in mountinfo.lines() {
             // mount-id parent-id major:minor root mountpoint opts [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mountpoint = left.split(' ').nth(4).unwrap_or_default();
             let mut right = right.split(' ');
             let fstype = right.next().unwrap_or_default();
@@ -118,14 +124,30 @@ impl CgroupRoot {
             }
         }
         if let Some(mount) = v2_mount {
-            let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-            let usable = V2_CONTROLLERS.iter().all(|c| available.split_whitespace().any(|a| a == *c));
-            if usable && !V1_CONTROLLERS.iter().any(|c| v1.iter().any(|(v, _)| v == c)) {
-                return Ok(Self { version: CgroupVersion::V2, parents: vec![("", mount.join(parent))] });
+            let available =
+                fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            let usable = V2_CONTROLLERS
+                .iter()
+                .all(|c| available.split_whitespace().any(|a| a == *c));
+            if usable
+                && !V1_CONTROLLERS
+                    .iter()
+                    .any(|c| v1.iter().any(|(v, _)| v == c))
+            {
+                return Ok(Self {
+                    version: CgroupVersion::V2,
+                    parents: vec![("", mount.join(parent))],
+                });
             }
         }
-        if V1_CONTROLLERS.iter().all(|c| v1.iter().any(|(v, _)| v == c)) {
-            return Ok(Self { version: CgroupVersion::V1, parents: v1 });
+        if V1_CONTROLLERS
+            .iter()
+            .all(|c| v1.iter().any(|(v, _)| v == c))
+        {
+            return Ok(Self {
+                version: CgroupVersion::V1,
+                parents: v1,
+            });
         }
         Err(CgroupError::Unavailable {
             reason: format!(
@@ -152,7 +174,11 @@ impl CgroupRoot {
         if self.version == CgroupVersion::V2 {
             // Children of our parent need the controllers delegated to them.
             let parent = &self.parents[0].1;
-            let enable = V2_CONTROLLERS.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+            let enable = V2_CONTROLLERS
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             if let Some(grandparent) = parent.parent() {
                 write(&grandparent.join("cgroup.subtree_control"), &enable)?;
             }
@@ -176,7 +202,11 @@ impl CgroupRoot {
         names.sort();
         names.dedup();
         for name in &names {
-            let cgroup = Cgroup { version: self.version, parents: self.parents.clone(), name: name.clone() };
+            let cgroup = Cgroup {
+                version: self.version,
+                parents: self.parents.clone(),
+                name: name.clone(),
+            };
             cgroup.kill_all();
             cgroup.remove_blocking()?;
         }
@@ -185,7 +215,11 @@ impl CgroupRoot {
 
     /// Creates the cgroup `name` with `limits` applied.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        let cgroup = Cgroup { version: self.version, parents: self.parents.clone(), name: name.to_owned() };
+        let cgroup = Cgroup {
+            version: self.version,
+            parents: self.parents.clone(),
+            name: name.to_owned(),
+        };
         for dir in cgroup.dirs() {
             fs::create_dir(&dir).map_err(io_err(&dir, "create"))?;
         }
@@ -210,14 +244,23 @@ impl Cgroup {
         let parent = match self.version {
             CgroupVersion::V2 => &self.parents[0].1,
             CgroupVersion::V1 => {
-                &self.parents.iter().find(|(c, _)| *c == controller).expect("controller detected").1
+                &self
+                    .parents
+                    .iter()
+                    .find(|(c, _)| *c == controller)
+                    .expect("controller detected")
+                    .1
             }
         };
         parent.join(&self.name)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self.parents.iter().map(|(_, d)| d.join(&self.name)).collect();
+        let mut dirs: Vec<PathBuf> = self
+            .parents
+            .iter()
+            .map(|(_, d)| d.join(&self.name))
+            .collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -228,7 +271,10 @@ impl Cgroup {
         match self.version {
             CgroupVersion::V1 => {
                 let memory = self.dir_of("memory");
-                write(&memory.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                write(
+                    &memory.join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
                 // Absent when swap accounting is off; then there is no swap to limit.
                 let memsw = memory.join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
@@ -237,7 +283,10 @@ impl Cgroup {
                 let cpu = self.dir_of("cpu");
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                write(&self.dir_of("pids").join("pids.max"), &limits.pids.to_string())?;
+                write(
+                    &self.dir_of("pids").join("pids.max"),
+                    &limits.pids.to_string(),
+                )?;
             }
             CgroupVersion::V2 => {
                 let dir = self.dir_of("");
@@ -259,7 +308,10 @@ impl Cgroup {
             .into_iter()
             .map(|dir| {
                 let path = dir.join("cgroup.procs");
-                OpenOptions::new().write(true).open(&path).map_err(io_err(&path, "open"))
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path, "open"))
             })
             .collect()
     }
@@ -316,7 +368,13 @@ impl Cgroup {
                     Err(source) if source.raw_os_error() == Some(libc::EBUSY) => {
                         return Err(CgroupError::Busy { path: dir });
                     }
-                    Err(source) => return Err(CgroupError::Io { path: dir, op: "remove", source }),
+                    Err(source) => {
+                        return Err(CgroupError::Io {
+                            path: dir,
+                            op: "remove",
+                            source,
+                        });
+                    }
                 }
             }
         }
@@ -336,7 +394,13 @@ impl Cgroup {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(_) if attempt >= 200 => return Err(CgroupError::Busy { path: dir }),
-                    Err(source) => return Err(CgroupError::Io { path: dir, op: "remove", source }),
+                    Err(source) => {
+                        return Err(CgroupError::Io {
+                            path: dir,
+                            op: "remove",
+                            source,
+                        });
+                    }
                 }
             }
         }
@@ -350,7 +414,9 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 fn read_u64(path: &Path) -> u64 {
     let mut s = String::new();
-    File::open(path).and_then(|mut f| f.read_to_string(&mut s)).ok();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .ok();
     s.trim().parse().unwrap_or(0)
 }
 
@@ -379,7 +445,11 @@ mod tests {
     fn detects_v1_with_comounted_cpu() {
         let root = CgroupRoot::from_mountinfo(V1, "faas").expect("v1 detected");
         assert_eq!(root.version(), CgroupVersion::V1);
-        let cpu = root.parents.iter().find(|(c, _)| *c == "cpuacct").map(|(_, d)| d.clone());
+        let cpu = root
+            .parents
+            .iter()
+            .find(|(c, _)| *c == "cpuacct")
+            .map(|(_, d)| d.clone());
         assert_eq!(cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/faas")));
         assert_eq!(root.dirs().len(), 3);
     }

@@ -37,11 +37,20 @@ struct Failure {
 type Step = Result<(), Failure>;
 
 fn check(ret: libc::c_int, stage: &'static str) -> Step {
-    if ret < 0 { Err(Failure { stage, errno: errno() }) } else { Ok(()) }
+    if ret < 0 {
+        Err(Failure {
+            stage,
+            errno: errno(),
+        })
+    } else {
+        Ok(())
+    }
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 fn cstr(bytes: &[u8]) -> CString {
@@ -76,7 +85,13 @@ pub(crate) fn run(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     }
     // SAFETY: the launcher is single-threaded, so the child of this fork is consistent.
     match unsafe { libc::fork() } {
-        -1 => fail("setup", Failure { stage: "fork", errno: errno() }),
+        -1 => fail(
+            "setup",
+            Failure {
+                stage: "fork",
+                errno: errno(),
+            },
+        ),
         0 => payload(ctx, &msg.spec),
         pid => supervise(pid),
     }
@@ -91,7 +106,10 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     }
     targets.extend((0..msg.cgroup_fds as i32).map(|i| FD_FIRST_CGROUP + i));
     if targets.len() != fds.len() {
-        return Err(Failure { stage: "fds", errno: libc::EINVAL });
+        return Err(Failure {
+            stage: "fds",
+            errno: libc::EINVAL,
+        });
     }
     // First out of the way of the targets, then onto them.
     let mut high = Vec::with_capacity(fds.len());
@@ -115,7 +133,10 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     // The status pipe must not survive the payload's exec: only PID 1 keeps it, so its EOF
     // tells the server that PID 1, and with it the whole sandbox, is gone.
     // SAFETY: fcntl on our own descriptor.
-    check(unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) }, "fds")
+    check(
+        unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) },
+        "fds",
+    )
 }
 
 fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
@@ -123,12 +144,18 @@ fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
     unsafe {
         for i in 0..cgroup_fds as i32 {
             // "0" moves the writing process; our pid here would be 1, not the host's.
-            check(libc::write(FD_FIRST_CGROUP + i, b"0".as_ptr().cast(), 1) as i32, "cgroup join")?;
+            check(
+                libc::write(FD_FIRST_CGROUP + i, b"0".as_ptr().cast(), 1) as i32,
+                "cgroup join",
+            )?;
             libc::close(FD_FIRST_CGROUP + i);
         }
         check(libc::unshare(libc::CLONE_NEWCGROUP), "cgroup namespace")?;
         // If the launcher dies, so does this sandbox (and with PID 1, all of it).
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), "pdeathsig")?;
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+            "pdeathsig",
+        )?;
         // The launcher ignores SIGCHLD (the kernel reaps for it); PID 1 must wait itself.
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::umask(0);
@@ -136,14 +163,29 @@ fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
     mount_root(ctx, spec)?;
     let hostname = spec.hostname.as_bytes();
     // SAFETY: valid buffer and length.
-    check(unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) }, "hostname")?;
+    check(
+        unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
+        "hostname",
+    )?;
     loopback_up()?;
     write_files(spec)?;
     make_workdir(spec)
 }
 
-fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str, stage: &'static str) -> Step {
-    let (source, target, fstype, data) = (cstr(source.as_bytes()), cpath(target), cstr(fstype.as_bytes()), cstr(data.as_bytes()));
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+    stage: &'static str,
+) -> Step {
+    let (source, target, fstype, data) = (
+        cstr(source.as_bytes()),
+        cpath(target),
+        cstr(fstype.as_bytes()),
+        cstr(data.as_bytes()),
+    );
     // SAFETY: all pointers are valid C strings for the duration of the call.
     check(
         unsafe {
@@ -152,7 +194,11 @@ fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: 
                 target.as_ptr(),
                 fstype.as_ptr(),
                 flags,
-                if data.is_empty() { std::ptr::null() } else { data.as_ptr().cast() },
+                if data.is_empty() {
+                    std::ptr::null()
+                } else {
+                    data.as_ptr().cast()
+                },
             )
         },
         stage,
@@ -163,7 +209,10 @@ fn mkdir(path: &Path, mode: libc::mode_t, stage: &'static str) -> Step {
     let p = cpath(path);
     // SAFETY: valid C string.
     if unsafe { libc::mkdir(p.as_ptr(), mode) } < 0 && errno() != libc::EEXIST {
-        return Err(Failure { stage, errno: errno() });
+        return Err(Failure {
+            stage,
+            errno: errno(),
+        });
     }
     Ok(())
 }
@@ -171,12 +220,32 @@ fn mkdir(path: &Path, mode: libc::mode_t, stage: &'static str) -> Step {
 /// Builds the root filesystem in the private mount namespace and pivots into it:
 /// tmpfs scratch -> overlay(image, scratch) -> read-only binds, /proc, /dev, /tmp.
 fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
-    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT};
-    mount("none", Path::new("/"), "", MS_REC | MS_PRIVATE, "", "make mounts private")?;
+    use libc::{
+        MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
+    };
+    mount(
+        "none",
+        Path::new("/"),
+        "",
+        MS_REC | MS_PRIVATE,
+        "",
+        "make mounts private",
+    )?;
     let scratch = &ctx.scratch;
     let size = spec.scratch_bytes;
-    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, &format!("size={size},mode=0755"), "scratch tmpfs")?;
-    let (upper, work, root) = (scratch.join("upper"), scratch.join("work"), scratch.join("root"));
+    mount(
+        "tmpfs",
+        scratch,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        &format!("size={size},mode=0755"),
+        "scratch tmpfs",
+    )?;
+    let (upper, work, root) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("root"),
+    );
     for dir in [&upper, &work, &root] {
         mkdir(dir, 0o755, "scratch dirs")?;
     }
@@ -186,25 +255,74 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         upper.display(),
         work.display()
     );
-    mount("overlay", &root, "overlay", MS_NOSUID, &options, "overlay root")?;
+    mount(
+        "overlay",
+        &root,
+        "overlay",
+        MS_NOSUID,
+        &options,
+        "overlay root",
+    )?;
     for bind in &spec.binds {
         let target = root.join(bind.target.trim_start_matches('/'));
-        mount(&bind.source.to_string_lossy(), &target, "", MS_BIND | MS_REC, "", "bind mount")?;
+        mount(
+            &bind.source.to_string_lossy(),
+            &target,
+            "",
+            MS_BIND | MS_REC,
+            "",
+            "bind mount",
+        )?;
         let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
         mount("none", &target, "", flags, "", "bind mount read-only")?;
     }
-    mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
+    mount(
+        "proc",
+        &root.join("proc"),
+        "proc",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "",
+        "proc",
+    )?;
     let dev = root.join("dev");
-    mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=0755", "dev tmpfs")?;
+    mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MS_NOSUID | MS_NOEXEC,
+        "size=65536,mode=0755",
+        "dev tmpfs",
+    )?;
     make_devices(&dev)?;
     let pts = dev.join("pts");
     mkdir(&pts, 0o755, "dev/pts")?;
-    mount("devpts", &pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", "devpts")?;
+    mount(
+        "devpts",
+        &pts,
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+        "devpts",
+    )?;
     let shm = dev.join("shm");
     mkdir(&shm, 0o1777, "dev/shm")?;
     let tmpfs_opts = format!("size={size},mode=1777");
-    mount("tmpfs", &shm, "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "dev/shm")?;
-    mount("tmpfs", &root.join("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "tmp")?;
+    mount(
+        "tmpfs",
+        &shm,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        &tmpfs_opts,
+        "dev/shm",
+    )?;
+    mount(
+        "tmpfs",
+        &root.join("tmp"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        &tmpfs_opts,
+        "tmp",
+    )?;
 
     let root_c = cpath(&root);
     let dot = cstr(b".");
@@ -212,8 +330,14 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
     // and the detach removes it from this namespace.
     unsafe {
         check(libc::chdir(root_c.as_ptr()), "chdir root")?;
-        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32, "pivot_root")?;
-        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH), "detach old root")?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32,
+            "pivot_root",
+        )?;
+        check(
+            libc::umount2(dot.as_ptr(), libc::MNT_DETACH),
+            "detach old root",
+        )?;
         check(libc::chdir(cstr(b"/").as_ptr()), "chdir /")?;
     }
     Ok(())
@@ -221,13 +345,25 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
 
 /// The minimal /dev: character devices, the pty multiplexer and the usual links.
 fn make_devices(dev: &Path) -> Step {
-    const DEVICES: [(&str, u32, u32); 6] =
-        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+    const DEVICES: [(&str, u32, u32); 6] = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
     for (name, major, minor) in DEVICES {
         let path = cpath(&dev.join(name));
         // SAFETY: valid C string; umask is 0 so the mode is exact.
         check(
-            unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) },
+            unsafe {
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                )
+            },
             "mknod",
         )?;
     }
@@ -239,8 +375,10 @@ fn make_devices(dev: &Path) -> Step {
         ("stderr", "/proc/self/fd/2"),
     ];
     for (name, target) in links {
-        std::os::unix::fs::symlink(target, dev.join(name))
-            .map_err(|e| Failure { stage: "dev links", errno: e.raw_os_error().unwrap_or(libc::EIO) })?;
+        std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| Failure {
+            stage: "dev links",
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })?;
     }
     Ok(())
 }
@@ -255,7 +393,10 @@ fn loopback_up() -> Step {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
             *dst = *src as libc::c_char;
         }
-        check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr), "loopback flags")?;
+        check(
+            libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr),
+            "loopback flags",
+        )?;
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr), "loopback up")?;
         libc::close(sock);
@@ -274,21 +415,36 @@ fn write_files(spec: &LaunchSpec) -> Step {
         let mut content = vec![0u8; file.len as usize];
         // SAFETY: reads into a buffer of exactly `len` bytes.
         let n = unsafe {
-            libc::pread(FD_BLOB, content.as_mut_ptr().cast(), content.len(), file.offset as libc::off_t)
+            libc::pread(
+                FD_BLOB,
+                content.as_mut_ptr().cast(),
+                content.len(),
+                file.offset as libc::off_t,
+            )
         };
         if n < 0 || n as u64 != file.len {
-            return Err(Failure { stage: "read blob", errno: if n < 0 { errno() } else { libc::EIO } });
+            return Err(Failure {
+                stage: "read blob",
+                errno: if n < 0 { errno() } else { libc::EIO },
+            });
         }
         let c = cpath(path);
         // SAFETY: valid C string and buffer; the descriptor is closed before returning.
         unsafe {
-            let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW, file.mode);
+            let fd = libc::open(
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                file.mode,
+            );
             check(fd, "write file")?;
             let written = libc::write(fd, content.as_ptr().cast(), content.len());
             let owned = libc::fchown(fd, spec.uid, spec.gid);
             libc::close(fd);
             if written < 0 || written as usize != content.len() || owned < 0 {
-                return Err(Failure { stage: "write file", errno: errno() });
+                return Err(Failure {
+                    stage: "write file",
+                    errno: errno(),
+                });
             }
         }
     }
@@ -306,7 +462,10 @@ fn mkdir_owned(path: &Path, uid: u32, gid: u32) -> Step {
             if libc::mkdir(c.as_ptr(), 0o755) == 0 {
                 check(libc::chown(c.as_ptr(), uid, gid), "chown dir")?;
             } else if errno() != libc::EEXIST {
-                return Err(Failure { stage: "mkdir", errno: errno() });
+                return Err(Failure {
+                    stage: "mkdir",
+                    errno: errno(),
+                });
             }
         }
     }
@@ -379,7 +538,13 @@ fn payload(ctx: &Context, spec: &LaunchSpec) -> ! {
             last = e;
         }
     }
-    fail("payload", Failure { stage: "exec", errno: last })
+    fail(
+        "payload",
+        Failure {
+            stage: "exec",
+            errno: last,
+        },
+    )
 }
 
 fn drop_privileges(ctx: &Context, spec: &LaunchSpec) -> Step {
@@ -396,16 +561,28 @@ fn drop_privileges(ctx: &Context, spec: &LaunchSpec) -> Step {
             (libc::RLIMIT_CORE, 0),
         ];
         for (resource, value) in limits {
-            let rlim = libc::rlimit { rlim_cur: value, rlim_max: value };
+            let rlim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
             check(libc::setrlimit(resource, &rlim), "rlimit")?;
         }
         // The bounding set needs CAP_SETPCAP, so it goes before the uid change; the uid
         // change then clears the permitted and effective sets.
         for cap in 0..=ctx.last_cap {
-            check(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0), "drop capabilities")?;
+            check(
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
+                "drop capabilities",
+            )?;
         }
         check(
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0),
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ),
             "clear ambient capabilities",
         )?;
         let groups = [spec.gid];
@@ -425,7 +602,9 @@ fn drop_privileges(ctx: &Context, spec: &LaunchSpec) -> Step {
     ctx.filters.install().map_err(|e| Failure {
         stage: "seccomp",
         errno: match e {
-            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => io.raw_os_error().unwrap_or(libc::EINVAL),
+            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => {
+                io.raw_os_error().unwrap_or(libc::EINVAL)
+            }
             _ => libc::EINVAL,
         },
     })

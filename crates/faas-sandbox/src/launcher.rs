@@ -111,16 +111,32 @@ impl LauncherClient {
     }
 
     /// Asks for one sandbox. `fds` follow the order documented on [`LaunchMessage`].
-    pub async fn launch(&self, msg: &LaunchMessage, fds: &[RawFd]) -> Result<Launched, LaunchError> {
+    pub async fn launch(
+        &self,
+        msg: &LaunchMessage,
+        fds: &[RawFd],
+    ) -> Result<Launched, LaunchError> {
         let body = serde_json::to_vec(msg).map_err(|_| LaunchError::Protocol)?;
         let sock = self.sock.lock().await;
         sock.async_io(Interest::WRITABLE, |fd| {
             let cmsg = [ControlMessage::ScmRights(fds)];
-            socket::sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(&body)], &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(io::Error::from)
+            socket::sendmsg::<()>(
+                fd.as_raw_fd(),
+                &[IoSlice::new(&body)],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
         })
         .await
-        .map_err(|e| if e.raw_os_error() == Some(libc::EPIPE) { LaunchError::Gone } else { LaunchError::Io(e) })?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPIPE) {
+                LaunchError::Gone
+            } else {
+                LaunchError::Io(e)
+            }
+        })?;
         let (reply, mut received) = sock
             .async_io(Interest::READABLE, |fd| recv_with_fds(fd.as_raw_fd(), 4096))
             .await
@@ -161,17 +177,29 @@ fn recv_with_fds(fd: RawFd, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; max];
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
+    let msg = socket::recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg_space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             // SAFETY: the kernel just installed these descriptors for us.
-            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message truncated",
+        ));
     }
     let n = msg.bytes;
     buf.truncate(n);
@@ -184,7 +212,13 @@ fn send_reply(reply: &LaunchReply, fd: Option<RawFd>) {
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
     // A failed send means the server is gone; the next recv sees EOF and we exit.
-    let _ = socket::sendmsg::<()>(SOCKET_FD, &[IoSlice::new(&body)], cmsgs, MsgFlags::MSG_NOSIGNAL, None);
+    let _ = socket::sendmsg::<()>(
+        SOCKET_FD,
+        &[IoSlice::new(&body)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
 }
 
 #[repr(C)]
@@ -230,14 +264,26 @@ pub fn launcher_main(scratch_dir: PathBuf) -> ! {
                         drop(fds);
                         send_reply(&LaunchReply::Started { pid }, Some(pidfd.as_raw_fd()));
                     }
-                    Err(e) => send_reply(&LaunchReply::Failed { error: format!("clone: {e}") }, None),
+                    Err(e) => send_reply(
+                        &LaunchReply::Failed {
+                            error: format!("clone: {e}"),
+                        },
+                        None,
+                    ),
                 }
             }
             Ok(msg) => send_reply(
-                &LaunchReply::Failed { error: format!("protocol version {} not supported", msg.version) },
+                &LaunchReply::Failed {
+                    error: format!("protocol version {} not supported", msg.version),
+                },
                 None,
             ),
-            Err(e) => send_reply(&LaunchReply::Failed { error: format!("bad request: {e}") }, None),
+            Err(e) => send_reply(
+                &LaunchReply::Failed {
+                    error: format!("bad request: {e}"),
+                },
+                None,
+            ),
         }
     }
 }
@@ -246,13 +292,18 @@ fn prepare(scratch: PathBuf) -> Result<Context, String> {
     // The kernel reaps our children; the server watches them through pidfds.
     // SAFETY: setting a signal disposition in a single-threaded process.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
-    std::fs::create_dir_all(&scratch).map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
     let filters = Filters::build().map_err(|e| e.to_string())?;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    Ok(Context { filters, last_cap, scratch })
+    Ok(Context {
+        filters,
+        last_cap,
+        scratch,
+    })
 }
 
 /// clone3 into new pid, mount, network, uts and ipc namespaces, with a pidfd.
@@ -271,7 +322,13 @@ fn clone_sandbox(ctx: &Context, msg: &LaunchMessage, fds: &[RawFd]) -> io::Resul
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
     // single-threaded process and continues on its own copy of the stack.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     match ret {
         -1 => Err(io::Error::last_os_error()),
         0 => init::run(ctx, msg, fds),

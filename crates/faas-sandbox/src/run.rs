@@ -64,7 +64,10 @@ pub enum RunEnd {
     /// Killed at the deadline.
     TimedOut,
     /// The program could not be started (`stage` is `exec`, `chdir workdir`, ...).
-    NotStarted { stage: String, errno: i32 },
+    NotStarted {
+        stage: String,
+        errno: i32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +92,12 @@ pub struct Sandboxes {
 
 impl Sandboxes {
     pub fn new(launcher: LauncherClient, cgroups: CgroupRoot) -> Arc<Self> {
-        Arc::new(Self { launcher, cgroups, live: Mutex::new(HashMap::new()), started: AtomicU64::new(0) })
+        Arc::new(Self {
+            launcher,
+            cgroups,
+            live: Mutex::new(HashMap::new()),
+            started: AtomicU64::new(0),
+        })
     }
 
     pub fn cgroups(&self) -> &CgroupRoot {
@@ -111,7 +119,9 @@ impl Sandboxes {
     /// Runs one sandbox to its end on a task of its own; awaiting the result is optional.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome, RunError> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.run_to_end(req).await }).await.map_err(RunError::Task)?
+        tokio::spawn(async move { this.run_to_end(req).await })
+            .await
+            .map_err(RunError::Task)?
     }
 
     /// Kills every live sandbox (server shutdown). Their runs then end and clean up.
@@ -135,16 +145,28 @@ impl Sandboxes {
         Ok(outcome)
     }
 
-    async fn launch_and_wait(&self, cgroup: &crate::cgroup::Cgroup, req: &RunRequest) -> Result<RunOutcome, RunError> {
+    async fn launch_and_wait(
+        &self,
+        cgroup: &crate::cgroup::Cgroup,
+        req: &RunRequest,
+    ) -> Result<RunOutcome, RunError> {
         let (stdin_r, stdin_w) = pipe_pair()?;
         let (stdout_r, stdout_w) = pipe_pair()?;
         let (stderr_r, stderr_w) = pipe_pair()?;
         let (status_r, status_w) = pipe_pair()?;
-        let blob = if req.spec.files.is_empty() { None } else { Some(blob_fd(&req.blob)?) };
+        let blob = if req.spec.files.is_empty() {
+            None
+        } else {
+            Some(blob_fd(&req.blob)?)
+        };
         let procs = cgroup.procs_files()?;
 
-        let mut fds: Vec<RawFd> =
-            vec![stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd(), status_w.as_raw_fd()];
+        let mut fds: Vec<RawFd> = vec![
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        ];
         fds.extend(blob.as_ref().map(|b| b.as_raw_fd()));
         fds.extend(procs.iter().map(|f| f.as_raw_fd()));
         let msg = LaunchMessage {
@@ -160,8 +182,15 @@ impl Sandboxes {
         // Our copies of the sandbox's ends must go, or we would never see EOF.
         drop((stdin_r, stdout_w, stderr_w, status_w, blob, procs));
         let pidfd = Arc::new(launched.pidfd);
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(req.id.clone(), Arc::clone(&pidfd));
-        let _unregister = Unregister { live: &self.live, id: &req.id, pidfd: &pidfd };
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.id.clone(), Arc::clone(&pidfd));
+        let _unregister = Unregister {
+            live: &self.live,
+            id: &req.id,
+            pidfd: &pidfd,
+        };
 
         let stdin = write_stdin(stdin_w, &req.stdin);
         let stdout = read_capped(stdout_r, req.output_limit);
@@ -188,7 +217,15 @@ impl Sandboxes {
         let (stderr, stderr_truncated) = stderr.map_err(RunError::Io)?;
         let status = String::from_utf8_lossy(&status.map_err(RunError::Io)?).into_owned();
         let end = parse_status(&status, timed_out)?;
-        Ok(RunOutcome { end, stdout, stderr, stdout_truncated, stderr_truncated, wall, usage: CgroupUsage::default() })
+        Ok(RunOutcome {
+            end,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            wall,
+            usage: CgroupUsage::default(),
+        })
     }
 }
 
@@ -203,7 +240,10 @@ impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         // A run abandoned half-way must not leave its sandbox running.
         kill(self.pidfd.as_raw_fd());
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(self.id);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id);
     }
 }
 
@@ -211,11 +251,14 @@ impl Drop for Unregister<'_> {
 fn parse_status(status: &str, timed_out: bool) -> Result<RunEnd, RunError> {
     let mut words = status.lines().next().unwrap_or_default().split(' ');
     let kind = words.next().unwrap_or_default();
-    let next_num = |words: &mut std::str::Split<'_, char>| words.next().and_then(|w| w.parse::<i32>().ok());
+    let next_num =
+        |words: &mut std::str::Split<'_, char>| words.next().and_then(|w| w.parse::<i32>().ok());
     match kind {
         _ if timed_out => Ok(RunEnd::TimedOut),
         "exit" => Ok(RunEnd::Exited(next_num(&mut words).unwrap_or(-1))),
-        "signal" => Ok(RunEnd::Signaled(next_num(&mut words).unwrap_or(libc::SIGKILL))),
+        "signal" => Ok(RunEnd::Signaled(
+            next_num(&mut words).unwrap_or(libc::SIGKILL),
+        )),
         "payload" | "setup" => {
             let stage = words.next().unwrap_or_default().to_owned();
             let errno = next_num(&mut words).unwrap_or(libc::EIO);
@@ -236,7 +279,8 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RunError> {
 }
 
 fn blob_fd(content: &[u8]) -> Result<OwnedFd, RunError> {
-    let fd = memfd_create(c"faas-files", MFdFlags::MFD_CLOEXEC).map_err(|e| RunError::Io(e.into()))?;
+    let fd =
+        memfd_create(c"faas-files", MFdFlags::MFD_CLOEXEC).map_err(|e| RunError::Io(e.into()))?;
     let mut file = File::from(fd);
     file.write_all(content).map_err(RunError::Io)?;
     Ok(OwnedFd::from(file))
@@ -245,14 +289,22 @@ fn blob_fd(content: &[u8]) -> Result<OwnedFd, RunError> {
 fn kill(pidfd: RawFd) {
     // SAFETY: pidfd_send_signal on a pidfd we hold; ESRCH after exit is fine.
     unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0u32);
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
     }
 }
 
 async fn wait_exit(pidfd: &Arc<OwnedFd>) -> Result<(), RunError> {
     // SAFETY: the Arc keeps the pidfd open, and the same descriptor, while the AsyncFd lives.
-    let fd = unsafe { AsyncFd::register_with_interest(Arc::clone(pidfd), tokio::io::Interest::READABLE) }
-        .map_err(|e| RunError::Io(e.into()))?;
+    let fd = unsafe {
+        AsyncFd::register_with_interest(Arc::clone(pidfd), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| RunError::Io(e.into()))?;
     match tokio::time::timeout(KILL_GRACE, fd.readable()).await {
         Ok(Ok(_guard)) => Ok(()),
         Ok(Err(e)) => Err(RunError::Io(e)),
@@ -294,14 +346,29 @@ mod tests {
 
     #[test]
     fn parses_reports() {
-        assert_eq!(parse_status("exit 3\n", false).ok(), Some(RunEnd::Exited(3)));
-        assert_eq!(parse_status("signal 9\n", false).ok(), Some(RunEnd::Signaled(9)));
+        assert_eq!(
+            parse_status("exit 3\n", false).ok(),
+            Some(RunEnd::Exited(3))
+        );
+        assert_eq!(
+            parse_status("signal 9\n", false).ok(),
+            Some(RunEnd::Signaled(9))
+        );
         assert_eq!(parse_status("exit 0\n", true).ok(), Some(RunEnd::TimedOut));
         assert_eq!(
             parse_status("payload exec 2\n", false).ok(),
-            Some(RunEnd::NotStarted { stage: "exec".into(), errno: 2 })
+            Some(RunEnd::NotStarted {
+                stage: "exec".into(),
+                errno: 2
+            })
         );
-        assert!(matches!(parse_status("setup overlay 22\n", false), Err(RunError::Setup { .. })));
-        assert_eq!(parse_status("", false).ok(), Some(RunEnd::Signaled(libc::SIGKILL)));
+        assert!(matches!(
+            parse_status("setup overlay 22\n", false),
+            Err(RunError::Setup { .. })
+        ));
+        assert_eq!(
+            parse_status("", false).ok(),
+            Some(RunEnd::Signaled(libc::SIGKILL))
+        );
     }
 }

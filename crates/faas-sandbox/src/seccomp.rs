@@ -23,7 +23,8 @@ pub enum SeccompError {
 }
 
 /// Syscalls a sandbox never needs; they fail with EPERM.
-const DENIED: &[libc::c_long] = &[
+/// (Syscall numbers are `c_long`, which is i64 on the 64-bit targets faas supports.)
+const DENIED: &[i64] = &[
     // Filesystem and mount namespace manipulation.
     libc::SYS_mount,
     libc::SYS_umount2,
@@ -108,18 +109,23 @@ impl Filters {
         let arch = TargetArch::try_from(std::env::consts::ARCH)
             .map_err(|_| SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-            DENIED.iter().map(|nr| (*nr as i64, Vec::new())).collect();
+            DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
         // clone with any namespace flag; the rules of one syscall are OR-ed.
         let clone_rules = CLONE_NAMESPACE_FLAGS
             .iter()
             .map(|flag| {
                 let flag = *flag as u64;
-                SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-                    .and_then(|c| SeccompRule::new(vec![c]))
+                SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )
+                .and_then(|c| SeccompRule::new(vec![c]))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(SeccompError::Build)?;
-        rules.insert(libc::SYS_clone as i64, clone_rules);
+        rules.insert(libc::SYS_clone, clone_rules);
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Allow,
@@ -128,7 +134,10 @@ impl Filters {
         )
         .map_err(SeccompError::Build)?;
         let deny: BpfProgram = filter.try_into().map_err(SeccompError::Build)?;
-        Ok(Self { guard: guard_program()?, deny })
+        Ok(Self {
+            guard: guard_program()?,
+            deny,
+        })
     }
 
     /// Installs both filters on the calling thread (sets no_new_privs first).

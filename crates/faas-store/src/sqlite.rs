@@ -51,7 +51,9 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -72,7 +74,10 @@ fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::TooNew { found: version, known });
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
@@ -84,7 +89,11 @@ fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn role_from(s: &str) -> Role {
-    if s == "admin" { Role::Admin } else { Role::Tenant }
+    if s == "admin" {
+        Role::Admin
+    } else {
+        Role::Tenant
+    }
 }
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
@@ -102,7 +111,10 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 const KEY_COLUMNS: &str = "id, tenant, name, role, hash, created_at_ms, revoked";
 
 fn decode(id: &str, json: &str) -> Result<ExecutionResult> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        id: id.to_owned(),
+        source,
+    })
 }
 
 fn encode(record: &ExecutionResult) -> String {
@@ -115,7 +127,9 @@ impl Store for SqliteStore {
     async fn insert_key(&self, key: KeyRecord) -> Result<()> {
         self.with(move |c| {
             c.execute(
-                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!(
+                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
                 params![
                     key.id,
                     key.tenant,
@@ -170,8 +184,11 @@ impl Store for SqliteStore {
 
     async fn has_admin_key(&self) -> Result<bool> {
         self.with(|c| {
-            let n: i64 =
-                c.query_row("SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND revoked = 0", [], |r| r.get(0))?;
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND revoked = 0",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(n > 0)
         })
         .await
@@ -198,7 +215,10 @@ impl Store for SqliteStore {
     async fn finish_execution(&self, record: &ExecutionResult) -> Result<()> {
         let (id, status, json) = (record.id.clone(), record.status.as_str(), encode(record));
         self.with(move |c| {
-            c.execute("UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1", params![id, status, json])?;
+            c.execute(
+                "UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1",
+                params![id, status, json],
+            )?;
             Ok(())
         })
         .await
@@ -223,8 +243,10 @@ impl Store for SqliteStore {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             let rows: Vec<(String, String)> = {
-                let mut stmt = tx.prepare("SELECT id, result FROM executions WHERE status = 'running'")?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+                let mut stmt =
+                    tx.prepare("SELECT id, result FROM executions WHERE status = 'running'")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
             };
             for (id, json) in &rows {
                 let mut record = decode(id, json)?;
@@ -247,14 +269,21 @@ mod tests {
     use faas_api::{AppliedLimits, Mode, Usage};
 
     fn temp_db() -> (std::path::PathBuf, SqliteStore) {
-        let dir = std::env::temp_dir().join(format!("faas-store-{}-{}", std::process::id(), rand_suffix()));
+        let dir = std::env::temp_dir().join(format!(
+            "faas-store-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let store = SqliteStore::open(&dir.join("faas.db")).expect("open");
         (dir, store)
     }
 
     fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
     }
 
     fn record(id: &str, status: ExecStatus) -> ExecutionResult {
@@ -269,7 +298,13 @@ mod tests {
             stderr_truncated: false,
             duration_ms: 0.0,
             usage: Usage::default(),
-            limits: AppliedLimits { timeout_ms: 1, memory_mb: 1, cpu: 1.0, pids: 1, output_bytes: 1 },
+            limits: AppliedLimits {
+                timeout_ms: 1,
+                memory_mb: 1,
+                cpu: 1.0,
+                pids: 1,
+                output_bytes: 1,
+            },
             mode: Mode::Ephemeral,
             image: "host".into(),
             created_at_ms: 1,
@@ -279,16 +314,33 @@ mod tests {
     #[tokio::test]
     async fn executions_are_per_tenant_and_survive_reopen() {
         let (dir, store) = temp_db();
-        store.insert_execution("a", &record("ex1", ExecStatus::Running)).await.expect("insert");
-        store.insert_execution("a", &record("ex2", ExecStatus::Running)).await.expect("insert");
-        store.finish_execution(&record("ex2", ExecStatus::Exited)).await.expect("finish");
+        store
+            .insert_execution("a", &record("ex1", ExecStatus::Running))
+            .await
+            .expect("insert");
+        store
+            .insert_execution("a", &record("ex2", ExecStatus::Running))
+            .await
+            .expect("insert");
+        store
+            .finish_execution(&record("ex2", ExecStatus::Exited))
+            .await
+            .expect("finish");
         assert!(store.execution("b", "ex1").await.expect("query").is_none());
         drop(store);
         let store = SqliteStore::open(&dir.join("faas.db")).expect("reopen");
         assert_eq!(store.mark_interrupted_executions().await.expect("mark"), 1);
-        let ex1 = store.execution("a", "ex1").await.expect("query").expect("present");
+        let ex1 = store
+            .execution("a", "ex1")
+            .await
+            .expect("query")
+            .expect("present");
         assert_eq!(ex1.status, ExecStatus::Lost);
-        let ex2 = store.execution("a", "ex2").await.expect("query").expect("present");
+        let ex2 = store
+            .execution("a", "ex2")
+            .await
+            .expect("query")
+            .expect("present");
         assert_eq!(ex2.status, ExecStatus::Exited);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -308,7 +360,14 @@ mod tests {
         store.insert_key(key).await.expect("insert");
         assert!(!store.revoke_key("k1", Some("b")).await.expect("revoke"));
         assert!(store.revoke_key("k1", Some("a")).await.expect("revoke"));
-        assert!(store.key_by_hash("h1").await.expect("query").expect("present").revoked);
+        assert!(
+            store
+                .key_by_hash("h1")
+                .await
+                .expect("query")
+                .expect("present")
+                .revoked
+        );
         assert!(!store.has_admin_key().await.expect("query"));
         std::fs::remove_dir_all(dir).ok();
     }
@@ -320,7 +379,10 @@ mod tests {
         let conn = Connection::open(dir.join("faas.db")).expect("open");
         conn.pragma_update(None, "user_version", 99).expect("set");
         drop(conn);
-        assert!(matches!(SqliteStore::open(&dir.join("faas.db")), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            SqliteStore::open(&dir.join("faas.db")),
+            Err(StoreError::TooNew { .. })
+        ));
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -2,7 +2,14 @@
 
 pub fn run() -> anyhow::Result<()> {
     let checks = faas_engine::doctor::run();
-    let essential = ["root", "namespaces", "overlayfs", "cgroups", "seccomp", "pidfd + clone3"];
+    let essential = [
+        "root",
+        "namespaces",
+        "overlayfs",
+        "cgroups",
+        "seccomp",
+        "pidfd + clone3",
+    ];
     let mut fatal = false;
     for c in &checks {
         let mark = if c.ok { "ok  " } else { "MISS" };
@@ -13,7 +20,9 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     if fatal {
-        println!("\nsandboxes cannot run on this host until the missing essentials above are fixed");
+        println!(
+            "\nsandboxes cannot run on this host until the missing essentials above are fixed"
+        );
         std::process::exit(1);
     }
     Ok(())

@@ -50,18 +50,27 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let body = serde_json::to_value(&req)?;
     let answer = runtime()?.block_on(client.call(Method::POST, "/api/v1/execute", Some(&body)))?;
-    let result: ExecutionResult = serde_json::from_value(answer.clone()).context("unexpected result shape")?;
+    let result: ExecutionResult =
+        serde_json::from_value(answer.clone()).context("unexpected result shape")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         std::io::stdout().write_all(result.stdout.as_bytes())?;
         std::io::stderr().write_all(result.stderr.as_bytes())?;
         if result.stdout_truncated || result.stderr_truncated {
-            eprintln!("faas: output truncated at {} bytes", result.limits.output_bytes);
+            eprintln!(
+                "faas: output truncated at {} bytes",
+                result.limits.output_bytes
+            );
         }
         match result.status {
-            ExecStatus::Timeout => eprintln!("faas: timed out after {} ms", result.limits.timeout_ms),
-            ExecStatus::Oom => eprintln!("faas: out of memory (limit {} MiB)", result.limits.memory_mb),
+            ExecStatus::Timeout => {
+                eprintln!("faas: timed out after {} ms", result.limits.timeout_ms)
+            }
+            ExecStatus::Oom => eprintln!(
+                "faas: out of memory (limit {} MiB)",
+                result.limits.memory_mb
+            ),
             _ => {}
         }
     }
@@ -73,7 +82,9 @@ impl ExecArgs {
         match self.stdin.as_deref() {
             Some("-") => {
                 let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading stdin")?;
                 Ok(Some(text))
             }
             other => Ok(other.map(str::to_owned)),
@@ -93,7 +104,9 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
         ..ExecuteRequest::default()
     };
     for pair in &args.env {
-        let (k, v) = pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
         req.env.insert(k.to_owned(), v.to_owned());
     }
     match (&args.code, args.argv.is_empty(), &args.language) {

@@ -31,23 +31,52 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let rt = runtime()?;
     match cmd {
-        KeysCmd::Create { tenant, name, admin } => {
-            let req = CreateKeyRequest { tenant, name, role: if admin { Role::Admin } else { Role::Tenant } };
-            let answer = rt.block_on(client.call(Method::POST, "/api/v1/keys", Some(&serde_json::to_value(req)?)))?;
-            let created: CreatedKey = serde_json::from_value(answer).context("unexpected answer")?;
+        KeysCmd::Create {
+            tenant,
+            name,
+            admin,
+        } => {
+            let req = CreateKeyRequest {
+                tenant,
+                name,
+                role: if admin { Role::Admin } else { Role::Tenant },
+            };
+            let answer = rt.block_on(client.call(
+                Method::POST,
+                "/api/v1/keys",
+                Some(&serde_json::to_value(req)?),
+            ))?;
+            let created: CreatedKey =
+                serde_json::from_value(answer).context("unexpected answer")?;
             println!("{}", created.key);
-            eprintln!("id {} for tenant {} ({})", created.info.id, created.info.tenant, created.info.role.as_str());
+            eprintln!(
+                "id {} for tenant {} ({})",
+                created.info.id,
+                created.info.tenant,
+                created.info.role.as_str()
+            );
         }
         KeysCmd::List { tenant } => {
             let path = match tenant {
                 Some(t) => format!("/api/v1/keys?tenant={t}"),
                 None => "/api/v1/keys".into(),
             };
-            let list: KeyList = serde_json::from_value(rt.block_on(client.call(Method::GET, &path, None))?)?;
-            println!("{:<22} {:<20} {:<7} {:<8} NAME", "ID", "TENANT", "ROLE", "STATE");
+            let list: KeyList =
+                serde_json::from_value(rt.block_on(client.call(Method::GET, &path, None))?)?;
+            println!(
+                "{:<22} {:<20} {:<7} {:<8} NAME",
+                "ID", "TENANT", "ROLE", "STATE"
+            );
             for k in list.keys {
                 let state = if k.revoked { "revoked" } else { "active" };
-                println!("{:<22} {:<20} {:<7} {:<8} {}", k.id, k.tenant, k.role.as_str(), state, k.name.unwrap_or_default());
+                println!(
+                    "{:<22} {:<20} {:<7} {:<8} {}",
+                    k.id,
+                    k.tenant,
+                    k.role.as_str(),
+                    state,
+                    k.name.unwrap_or_default()
+                );
             }
         }
         KeysCmd::Revoke { id } => {

@@ -102,7 +102,9 @@ impl Server {
                 }
             }
         });
-        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start within 30 s");
+        self.url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not start within 30 s");
         self.child = Some(child);
     }
 
@@ -115,8 +117,17 @@ impl Server {
         self.spawn().await;
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<String>) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).timeout(Duration::from_secs(120));
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(120));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
@@ -127,8 +138,16 @@ impl Server {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("body");
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, body, headers }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     /// POST /api/v1/execute as the admin; panics unless 200.
@@ -143,16 +162,25 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
-        self.request(reqwest::Method::POST, path, Some(key), Some(body.to_string())).await
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(key),
+            Some(body.to_string()),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Reply {
-        self.request(reqwest::Method::GET, path, Some(key), None).await
+        self.request(reqwest::Method::GET, path, Some(key), None)
+            .await
     }
 
     /// A new tenant key, minted by the admin.
     pub async fn tenant_key(&self, tenant: &str) -> String {
-        let reply = self.post("/api/v1/keys", ADMIN_KEY, json!({"tenant": tenant})).await;
+        let reply = self
+            .post("/api/v1/keys", ADMIN_KEY, json!({"tenant": tenant}))
+            .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
         reply.body["key"].as_str().expect("key").to_owned()
     }
@@ -162,7 +190,12 @@ impl Server {
         let mut found = Vec::new();
         for hierarchy in cgroup_hierarchies() {
             if let Ok(entries) = std::fs::read_dir(hierarchy.join(&self.cgroup_parent)) {
-                found.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                found.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path()),
+                );
             }
         }
         found

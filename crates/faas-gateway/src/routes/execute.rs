@@ -2,10 +2,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use faas_api::{ExecuteRequest, ExecutionResult};
 
+use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::ApiJson;
-use crate::AppState;
 
 pub async fn execute(
     State(state): State<AppState>,

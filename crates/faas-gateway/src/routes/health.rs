@@ -15,5 +15,12 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         cgroup: sandboxes.cgroups().version().as_str().into(),
         running_sandboxes: sandboxes.running() as u64,
     };
-    (if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(health))
+    (
+        if alive {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(health),
+    )
 }

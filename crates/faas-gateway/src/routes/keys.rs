@@ -5,10 +5,10 @@ use faas_api::{CreateKeyRequest, CreatedKey, KeyInfo, KeyList};
 use faas_store::KeyRecord;
 use serde::Deserialize;
 
+use crate::AppState;
 use crate::auth::{Caller, new_key};
 use crate::error::ApiError;
 use crate::json::{ApiJson, ApiQuery};
-use crate::AppState;
 
 fn info(record: KeyRecord) -> KeyInfo {
     KeyInfo {
@@ -24,7 +24,9 @@ fn info(record: KeyRecord) -> KeyInfo {
 fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 64
-        && tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 pub async fn create(
@@ -34,14 +36,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require_admin()?;
     if !valid_tenant(&req.tenant) {
-        return Err(ApiError::InvalidRequest("tenant: 1 to 64 of A-Z a-z 0-9 - _ .".into()));
+        return Err(ApiError::InvalidRequest(
+            "tenant: 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+        ));
     }
     if req.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::InvalidRequest("name: at most 200 bytes".into()));
     }
     let (key, record) = new_key(&req.tenant, req.name, req.role);
     state.engine.store().insert_key(record.clone()).await?;
-    Ok((StatusCode::CREATED, Json(CreatedKey { key, info: info(record) })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key,
+            info: info(record),
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,8 +66,14 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
     caller.require_admin()?;
-    let keys = state.engine.store().list_keys(query.tenant.as_deref()).await?;
-    Ok(Json(KeyList { keys: keys.into_iter().map(info).collect() }))
+    let keys = state
+        .engine
+        .store()
+        .list_keys(query.tenant.as_deref())
+        .await?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(info).collect(),
+    }))
 }
 
 pub async fn revoke(
