@@ -20,6 +20,9 @@ PACKAGES=(
   pkg-config
   build-essential # gcc, make
   openssh-client
+  procps          # ps, used by tests inside sandboxes
+  python3         # the host image's python (/usr/bin/python3)
+  nodejs          # the host image's node
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -57,6 +60,13 @@ check() {
   ((need_criu)) && mapfile -t -O "${#want[@]}" want < <("$BUILD_CRIU" --print-deps)
   mapfile -t missing < <(missing_packages "${want[@]}")
 }
+
+# The Rust toolchain comes with the machine (rustup); it cannot be fetched here.
+if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: error: cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 
 check
 if ((${#missing[@]} == 0 && need_criu == 0)); then
