@@ -71,7 +71,12 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {} (build it with cargo build --release)", faas.display()))?;
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build --release)",
+                    faas.display()
+                )
+            })?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut url = None;
         for line in BufReader::new(stdout).lines() {
@@ -81,15 +86,26 @@ impl Server {
             }
         }
         let url = url.context("the server did not start")?;
-        Ok(Self { child, url, base, parent })
+        Ok(Self {
+            child,
+            url,
+            base,
+            parent,
+        })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
-        for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = std::fs::remove_dir(entry.path().join(&self.parent));
         }
         let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(&self.parent));
@@ -109,7 +125,12 @@ async fn http_workload(
     let mut samples = Vec::with_capacity(args.runs);
     for i in 0..args.warmup + args.runs {
         let start = Instant::now();
-        let resp = client.post(&url).bearer_auth(ADMIN_KEY).body(body.clone()).send().await?;
+        let resp = client
+            .post(&url)
+            .bearer_auth(ADMIN_KEY)
+            .body(body.clone())
+            .send()
+            .await?;
         let status = resp.status();
         let result: Value = resp.json().await?;
         let elapsed = start.elapsed();
@@ -120,7 +141,10 @@ async fn http_workload(
             samples.push(elapsed.as_secs_f64() * 1000.0);
         }
     }
-    Ok(Stats { name: name.into(), samples })
+    Ok(Stats {
+        name: name.into(),
+        samples,
+    })
 }
 
 fn process_workload(name: &str, argv: &[&str], args: &Args) -> anyhow::Result<Stats> {
@@ -141,7 +165,10 @@ fn process_workload(name: &str, argv: &[&str], args: &Args) -> anyhow::Result<St
             samples.push(elapsed.as_secs_f64() * 1000.0);
         }
     }
-    Ok(Stats { name: name.into(), samples })
+    Ok(Stats {
+        name: name.into(),
+        samples,
+    })
 }
 
 /// bubblewrap with isolation comparable to a faas sandbox: every namespace, /usr read-only,
@@ -178,23 +205,52 @@ fn bwrap_argv(command: &[&'static str]) -> Vec<&'static str> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = Server::start(&args.faas)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(60)).build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let true_argv = ["/usr/bin/true"];
     let python_argv = ["/usr/bin/python3", "-c", "pass"];
 
     let mut rows = Vec::new();
     // Interleave each command's workloads so drifts in machine load hit all of them alike.
-    for (command, label) in [(&true_argv[..], "true"), (&python_argv[..], "python3 -c pass")] {
+    for (command, label) in [
+        (&true_argv[..], "true"),
+        (&python_argv[..], "python3 -c pass"),
+    ] {
         let body = json!({"command": command});
-        rows.push(runtime.block_on(http_workload(&client, &server, &format!("faas ephemeral `{label}` (HTTP)"), body, &args))?);
-        rows.push(process_workload(&format!("bubblewrap `{label}`"), &bwrap_argv(command), &args)?);
-        rows.push(process_workload(&format!("host fork/exec `{label}`"), command, &args)?);
+        rows.push(runtime.block_on(http_workload(
+            &client,
+            &server,
+            &format!("faas ephemeral `{label}` (HTTP)"),
+            body,
+            &args,
+        ))?);
+        rows.push(process_workload(
+            &format!("bubblewrap `{label}`"),
+            &bwrap_argv(command),
+            &args,
+        )?);
+        rows.push(process_workload(
+            &format!("host fork/exec `{label}`"),
+            command,
+            &args,
+        )?);
     }
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    println!("faas-bench: {} runs each after {} warm-up, kernel {}, {cores} cores\n", args.runs, args.warmup, kernel.trim());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "faas-bench: {} runs each after {} warm-up, kernel {}, {cores} cores\n",
+        args.runs,
+        args.warmup,
+        kernel.trim()
+    );
     println!("| workload | p50 ms | p99 ms | mean ms | p50 vs bubblewrap |");
     println!("|---|---:|---:|---:|---:|");
     for chunk in rows.chunks(3) {

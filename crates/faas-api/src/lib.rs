@@ -208,4 +208,6 @@ pub struct Health {
     pub version: String,
     pub cgroup: String,
     pub running_sandboxes: u64,
+    /// Times the sandbox launcher died and was replaced since the server started.
+    pub launcher_restarts: u64,
 }

@@ -93,13 +93,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.max_concurrent_sandboxes = n;
     }
     let admin_key = std::env::var("FAAS_API_KEY").ok();
-    // Before the runtime: the launcher is tied to the life of the thread that spawns it.
-    let launcher = faas_sandbox::LauncherProcess::spawn(&config.scratch_dir())
-        .map_err(|e| anyhow::anyhow!("starting the sandbox launcher: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime
-        .block_on(faas_gateway::serve(config, launcher, admin_key))
+        .block_on(faas_gateway::serve(config, admin_key))
         .map_err(|e| anyhow::Error::new(e).context("faas serve"))
 }

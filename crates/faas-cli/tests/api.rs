@@ -328,3 +328,48 @@ async fn a_killed_server_loses_no_record_and_leaves_no_sandbox() {
         "after\n"
     );
 }
+
+#[tokio::test]
+async fn a_dead_launcher_is_replaced() {
+    require_root!();
+    let server = Server::start().await;
+    let before = server.launcher_pids();
+    assert_eq!(before.len(), 1, "{before:?}");
+    Server::kill_pid(before[0]);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = server.exec(json!({"command": "echo still-here"})).await;
+    assert_eq!(r["stdout"], "still-here\n");
+    let health = server.request(Method::GET, "/health", None, None).await;
+    assert_eq!(health.body["launcher_restarts"], 1);
+    let after = server.launcher_pids();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_kills_running_sandboxes() {
+    require_root!();
+    let mut server = Server::start().await;
+    let url = server.url.clone();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/api/v1/execute"))
+            .bearer_auth(ADMIN_KEY)
+            .body(json!({"command": "sleep 4281", "timeout_ms": 60000}).to_string())
+            .send()
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(common::host_processes_with("sleep 4281") >= 1);
+    let started = std::time::Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(common::host_processes_with("sleep 4281"), 0);
+    assert!(server.live_cgroups().is_empty());
+    // The caller got an answer (the run, killed), not a dropped connection.
+    let reply = in_flight.await.expect("task").expect("response");
+    assert_eq!(reply.status(), 200);
+    let body: Value = reply.json().await.expect("json");
+    assert_eq!(body["status"], "signaled");
+}

@@ -11,7 +11,7 @@ mod languages;
 
 use std::sync::Arc;
 
-use faas_sandbox::{CgroupRoot, LauncherClient, LauncherProcess, Sandboxes};
+use faas_sandbox::{CgroupRoot, LauncherClient, Sandboxes};
 use faas_store::{SqliteStore, Store};
 use tokio::sync::Semaphore;
 
@@ -33,9 +33,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store, clears what a crashed predecessor left, prepares images and
-    /// connects to the launcher (which the caller spawned before the runtime started).
-    pub async fn start(config: Config, launcher: LauncherProcess) -> Result<Self, EngineError> {
+    /// Opens the store, clears what a crashed predecessor left, prepares images and starts
+    /// the sandbox launcher.
+    pub async fn start(config: Config) -> Result<Self, EngineError> {
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|source| EngineError::Startup {
             what: "creating the data directory",
@@ -72,10 +72,12 @@ impl Engine {
             what: "preparing images",
             source: source.into(),
         })?;
-        let launcher = LauncherClient::new(launcher).map_err(|source| EngineError::Startup {
-            what: "connecting to the launcher",
-            source: source.into(),
-        })?;
+        let launcher = LauncherClient::start(config.scratch_dir())
+            .await
+            .map_err(|source| EngineError::Startup {
+                what: "starting the launcher",
+                source: source.into(),
+            })?;
         tracing::info!(cgroup = cgroups.version().as_str(), "engine ready");
         Ok(Self {
             admission: Arc::new(Semaphore::new(config.max_concurrent_sandboxes)),

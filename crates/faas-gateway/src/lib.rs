@@ -11,7 +11,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use faas_engine::{Config, Engine};
-use faas_sandbox::LauncherProcess;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -43,14 +42,10 @@ pub enum ServeError {
 
 /// Starts the engine and serves the API until SIGINT or SIGTERM. `admin_key` is the
 /// operator's bootstrap key (FAAS_API_KEY), if any.
-pub async fn serve(
-    config: Config,
-    launcher: LauncherProcess,
-    admin_key: Option<String>,
-) -> Result<(), ServeError> {
+pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), ServeError> {
     let listen = config.listen;
     let body_limit = config.max_request_bytes;
-    let engine = Arc::new(Engine::start(config, launcher).await?);
+    let engine = Arc::new(Engine::start(config).await?);
     auth::bootstrap_admin(&engine, admin_key).await?;
 
     let app = router(

@@ -4,7 +4,9 @@
 //! to it over a SOCK_SEQPACKET socket: one message per launch, JSON plus the sandbox's file
 //! descriptors (SCM_RIGHTS); the answer carries the sandbox's pidfd. The launcher keeps no
 //! state about sandboxes: the server owns their pipes, cgroups and pidfds, and the kernel
-//! reaps them (SIGCHLD is ignored here).
+//! reaps them (SIGCHLD is ignored here). Launchers are spawned by one dedicated thread:
+//! a launcher dies with the thread that spawned it (parent-death signal), and runtime worker
+//! threads come and go.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -43,17 +46,16 @@ pub enum LaunchError {
     Protocol,
 }
 
-/// The launcher process, as spawned; becomes a [`LauncherClient`] inside the runtime.
-pub struct LauncherProcess {
+/// One launcher process and our end of its socket.
+struct LauncherProcess {
     child: Child,
-    sock: OwnedFd,
+    sock: AsyncFd<OwnedFd>,
 }
 
 impl LauncherProcess {
-    /// Starts the launcher. Call it from the main thread before the async runtime starts:
-    /// the launcher dies with the thread that spawned it (parent-death signal), and runtime
-    /// worker threads come and go.
-    pub fn spawn(scratch_dir: &Path) -> io::Result<Self> {
+    /// Must run on the keeper thread: the launcher's parent-death signal fires when the
+    /// thread that spawned it exits.
+    fn spawn(scratch_dir: &Path) -> io::Result<(Child, OwnedFd)> {
         let (ours, theirs) = socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -82,9 +84,62 @@ impl LauncherProcess {
         }
         let child = cmd.spawn()?;
         drop(theirs);
-        Ok(Self { child, sock: ours })
+        set_nonblocking(ours.as_raw_fd())?;
+        Ok((child, ours))
+    }
+
+    fn register((child, sock): (Child, OwnedFd)) -> io::Result<Self> {
+        // SAFETY: the OwnedFd stays open, and the same descriptor, while the AsyncFd owns it.
+        let sock = unsafe { AsyncFd::register(sock) }?;
+        Ok(Self { child, sock })
+    }
+
+    async fn send(&self, body: &[u8], fds: &[RawFd]) -> Result<(), LaunchError> {
+        self.sock
+            .async_io(Interest::WRITABLE, |fd| {
+                let cmsg = [ControlMessage::ScmRights(fds)];
+                socket::sendmsg::<()>(
+                    fd.as_raw_fd(),
+                    &[IoSlice::new(body)],
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            })
+            .await
+            .map(drop)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPIPE) {
+                    LaunchError::Gone
+                } else {
+                    LaunchError::Io(e)
+                }
+            })
+    }
+
+    async fn recv(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), LaunchError> {
+        let (reply, fds) = self
+            .sock
+            .async_io(Interest::READABLE, |fd| recv_with_fds(fd.as_raw_fd(), 4096))
+            .await
+            .map_err(LaunchError::Io)?;
+        if reply.is_empty() {
+            return Err(LaunchError::Gone);
+        }
+        Ok((reply, fds))
     }
 }
+
+impl Drop for LauncherProcess {
+    fn drop(&mut self) {
+        // Closing the socket makes the launcher exit; reap it rather than leave a zombie.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type SpawnReply = tokio::sync::oneshot::Sender<io::Result<(Child, OwnedFd)>>;
 
 /// A started sandbox: its PID 1 as the host sees it, and a pidfd to signal and watch it.
 #[derive(Debug)]
@@ -94,20 +149,61 @@ pub struct Launched {
 }
 
 /// The server's handle on the launcher. Launches are serialised on the socket; each one
-/// costs the launcher a clone(), so this is not the bottleneck.
+/// costs the launcher a clone(), so this is not the bottleneck. A launcher that dies is
+/// replaced on the next launch.
 pub struct LauncherClient {
-    sock: Mutex<AsyncFd<OwnedFd>>,
-    child: std::sync::Mutex<Child>,
+    process: Mutex<LauncherProcess>,
+    /// Asks the keeper thread, which outlives every launcher it spawns, for a new one.
+    keeper: std::sync::Mutex<std::sync::mpsc::Sender<SpawnReply>>,
+    restarts: AtomicU64,
 }
 
 impl LauncherClient {
-    pub fn new(process: LauncherProcess) -> io::Result<Self> {
-        set_nonblocking(process.sock.as_raw_fd())?;
+    /// Starts the keeper thread and the first launcher. `scratch_dir` is the mount point of
+    /// every sandbox's scratch space (inside each sandbox's own mount namespace).
+    pub async fn start(scratch_dir: PathBuf) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnReply>();
+        std::thread::Builder::new()
+            .name("faas-launcher-keeper".into())
+            .spawn(move || {
+                for reply in rx {
+                    let _ = reply.send(LauncherProcess::spawn(&scratch_dir));
+                }
+            })?;
+        let keeper = std::sync::Mutex::new(tx);
+        let process = LauncherProcess::register(Self::spawn_with(&keeper).await?)?;
         Ok(Self {
-            // SAFETY: the OwnedFd stays open, and the same descriptor, while the AsyncFd owns it.
-            sock: Mutex::new(unsafe { AsyncFd::register(process.sock) }?),
-            child: std::sync::Mutex::new(process.child),
+            process: Mutex::new(process),
+            keeper,
+            restarts: AtomicU64::new(0),
         })
+    }
+
+    async fn spawn_with(
+        keeper: &std::sync::Mutex<std::sync::mpsc::Sender<SpawnReply>>,
+    ) -> io::Result<(Child, OwnedFd)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(tx)
+            .map_err(|_| io::Error::other("the launcher keeper thread is gone"))?;
+        rx.await
+            .map_err(|_| io::Error::other("the launcher keeper thread is gone"))?
+    }
+
+    async fn replace(&self, process: &mut LauncherProcess) -> Result<(), LaunchError> {
+        let fresh = Self::spawn_with(&self.keeper)
+            .await
+            .and_then(LauncherProcess::register)
+            .map_err(LaunchError::Io)?;
+        *process = fresh;
+        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            restarts = n,
+            "the sandbox launcher had exited; started a new one"
+        );
+        Ok(())
     }
 
     /// Asks for one sandbox. `fds` follow the order documented on [`LaunchMessage`].
@@ -117,34 +213,26 @@ impl LauncherClient {
         fds: &[RawFd],
     ) -> Result<Launched, LaunchError> {
         let body = serde_json::to_vec(msg).map_err(|_| LaunchError::Protocol)?;
-        let sock = self.sock.lock().await;
-        sock.async_io(Interest::WRITABLE, |fd| {
-            let cmsg = [ControlMessage::ScmRights(fds)];
-            socket::sendmsg::<()>(
-                fd.as_raw_fd(),
-                &[IoSlice::new(&body)],
-                &cmsg,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(io::Error::from)
-        })
-        .await
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EPIPE) {
-                LaunchError::Gone
-            } else {
-                LaunchError::Io(e)
+        let mut process = self.process.lock().await;
+        match process.send(&body, fds).await {
+            // Nothing was started: a new launcher can take the request.
+            Err(LaunchError::Gone) => {
+                self.replace(&mut process).await?;
+                process.send(&body, fds).await?;
             }
-        })?;
-        let (reply, mut received) = sock
-            .async_io(Interest::READABLE, |fd| recv_with_fds(fd.as_raw_fd(), 4096))
-            .await
-            .map_err(LaunchError::Io)?;
-        drop(sock);
-        if reply.is_empty() {
-            return Err(LaunchError::Gone);
+            other => other?,
         }
+        let (reply, mut received) = match process.recv().await {
+            Ok(reply) => reply,
+            // It died holding the request; whatever it cloned dies with it (parent-death
+            // signal). This run fails, the next gets a new launcher.
+            Err(LaunchError::Gone) => {
+                self.replace(&mut process).await?;
+                return Err(LaunchError::Gone);
+            }
+            Err(e) => return Err(e),
+        };
+        drop(process);
         match serde_json::from_slice::<LaunchReply>(&reply).map_err(|_| LaunchError::Protocol)? {
             LaunchReply::Started { pid } => {
                 let pidfd = received.pop().ok_or(LaunchError::Protocol)?;
@@ -154,10 +242,9 @@ impl LauncherClient {
         }
     }
 
-    /// Whether the launcher process is still alive.
-    pub fn is_alive(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(child.try_wait(), Ok(None))
+    /// How many times a dead launcher was replaced.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 }
 

@@ -18,7 +18,7 @@ pub mod seccomp;
 pub mod spec;
 
 pub use cgroup::{CgroupError, CgroupRoot, CgroupVersion, Limits};
-pub use launcher::{LaunchError, LauncherClient, LauncherProcess};
+pub use launcher::{LaunchError, LauncherClient};
 pub use run::{RunEnd, RunError, RunOutcome, RunRequest, Sandboxes};
 pub use spec::{BindMount, FileSpec, LaunchSpec};
 

@@ -112,8 +112,8 @@ impl Sandboxes {
         self.started.load(Ordering::Relaxed)
     }
 
-    pub fn launcher_alive(&self) -> bool {
-        self.launcher.is_alive()
+    pub fn launcher_restarts(&self) -> u64 {
+        self.launcher.restarts()
     }
 
     /// Runs one sandbox to its end on a task of its own; awaiting the result is optional.

@@ -117,6 +117,36 @@ impl Server {
         self.spawn().await;
     }
 
+    /// SIGTERM, the graceful path; returns once the server has exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        child.wait().expect("wait")
+    }
+
+    /// Host pids of this server's launcher processes.
+    pub fn launcher_pids(&self) -> Vec<i32> {
+        let run_dir = self.run_dir.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains("__launcher") && text.contains(&run_dir) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    pub fn kill_pid(pid: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc_kill(pid, 9) };
+    }
+
     pub async fn request(
         &self,
         method: reqwest::Method,
