@@ -218,16 +218,9 @@ async fn fifty_concurrent_runs_all_complete() {
     let server = Server::start().await;
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let url = server.url.clone();
+        let run = server.exec_in_background(json!({"command": format!("sleep 0.2; echo run-{i}")}));
         tasks.push(tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(format!("{url}/api/v1/execute"))
-                .bearer_auth(ADMIN_KEY)
-                .body(json!({"command": format!("sleep 0.2; echo run-{i}")}).to_string())
-                .timeout(std::time::Duration::from_secs(60))
-                .send()
-                .await
-                .expect("request");
+            let r = run.await.expect("task").expect("request");
             (
                 i,
                 r.status().as_u16(),
@@ -257,20 +250,11 @@ async fn the_admission_limit_answers_503() {
     let server = Server::start_with("max_concurrent_sandboxes = 2\n").await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let url = server.url.clone();
-        tasks.push(tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{url}/api/v1/execute"))
-                .bearer_auth(ADMIN_KEY)
-                .body(json!({"command": "sleep 1"}).to_string())
-                .send()
-                .await
-                .expect("request")
-        }));
+        tasks.push(server.exec_in_background(json!({"command": "sleep 1"})));
     }
     let mut statuses = Vec::new();
     for task in tasks {
-        let resp = task.await.expect("task");
+        let resp = task.await.expect("task").expect("request");
         if resp.status() == 503 {
             assert_eq!(
                 resp.headers().get("retry-after").map(|v| v.as_bytes()),
@@ -297,15 +281,7 @@ async fn a_killed_server_loses_no_record_and_leaves_no_sandbox() {
     let mut server = Server::start().await;
     let done = server.exec(json!({"command": "echo before"})).await;
     // A run in flight when the server dies.
-    let url = server.url.clone();
-    let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/api/v1/execute"))
-            .bearer_auth(ADMIN_KEY)
-            .body(json!({"command": "sleep 4271"}).to_string())
-            .send()
-            .await
-    });
+    let in_flight = server.exec_in_background(json!({"command": "sleep 4271"}));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
         common::host_processes_with("sleep 4271") >= 1,
@@ -350,15 +326,8 @@ async fn a_dead_launcher_is_replaced() {
 async fn graceful_shutdown_kills_running_sandboxes() {
     require_root!();
     let mut server = Server::start().await;
-    let url = server.url.clone();
-    let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/api/v1/execute"))
-            .bearer_auth(ADMIN_KEY)
-            .body(json!({"command": "sleep 4281", "timeout_ms": 60000}).to_string())
-            .send()
-            .await
-    });
+    let in_flight =
+        server.exec_in_background(json!({"command": "sleep 4281", "timeout_ms": 60000}));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(common::host_processes_with("sleep 4281") >= 1);
     let started = std::time::Instant::now();

@@ -180,6 +180,23 @@ impl Server {
         }
     }
 
+    /// POST /api/v1/execute as the admin on a task of its own, for runs in flight.
+    pub fn exec_in_background(
+        &self,
+        req: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let url = format!("{}/api/v1/execute", self.url);
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN_KEY)
+                .body(req.to_string())
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+        })
+    }
+
     /// POST /api/v1/execute as the admin; panics unless 200.
     pub async fn exec(&self, req: Value) -> Value {
         self.exec_as(ADMIN_KEY, req).await
