@@ -69,6 +69,16 @@ pub struct ExecuteRequest {
     pub network: bool,
     #[serde(default)]
     pub mode: Mode,
+    /// Cached mode: keep the sandbox warm for the next call with the same key instead of
+    /// a fresh one per call (the caller accepts state shared between its calls).
+    #[serde(default)]
+    pub reuse: bool,
+    /// Names the warm sandbox `reuse` keeps (default: one per image and limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_key: Option<String>,
+    /// Run `code` in this language context (see `POST /api/v1/contexts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
 }
 
 /// How a run ended. `running` and `lost` only appear on stored records: `lost` means the
@@ -210,4 +220,93 @@ pub struct Health {
     pub running_sandboxes: u64,
     /// Times the sandbox launcher died and was replaced since the server started.
     pub launcher_restarts: u64,
+}
+
+/// `POST /api/v1/prewarm`: fill the caller's pool for an image and limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// One warm pool, as `GET /api/v1/pools` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub tenant: String,
+    pub image: String,
+    pub memory_mb: u64,
+    pub cpu: f64,
+    pub pids: u32,
+    /// Set for pools that keep one reused sandbox (`reuse: true`).
+    pub reuse_key: Option<String>,
+    pub idle: u32,
+    pub target: u32,
+    pub hits: u64,
+    pub misses: u64,
+    pub refills: u64,
+    /// Mean time to start one pooled sandbox, in milliseconds.
+    pub refill_ms_mean: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolList {
+    pub pools: Vec<PoolInfo>,
+}
+
+/// `POST /api/v1/contexts`: a language interpreter that keeps its globals between calls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContextRequest {
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub image: String,
+    pub created_at_ms: u64,
+    pub runs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextList {
+    pub contexts: Vec<ContextInfo>,
+}
+
+/// What a stream (WebSocket or Server-Sent Events) carries from the server: output as it
+/// is produced, then the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StreamEvent {
+    Stdout { data: String },
+    Stderr { data: String },
+    Exit(Box<ExecutionResult>),
+    Error { error: ErrorDetail },
+}
+
+/// What a WebSocket client sends after its first message (the execute request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StreamInput {
+    Stdin { data: String },
+    CloseStdin,
 }

@@ -75,6 +75,61 @@ impl Client {
     }
 }
 
+impl Client {
+    /// POSTs to a Server-Sent Events route and calls `on_event(name, data)` for each event
+    /// as it arrives.
+    pub async fn stream(
+        &self,
+        path: &str,
+        body: &Value,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the faas server at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(err) => Err(anyhow!(
+                    "{}: {} (HTTP {})",
+                    err.error.code,
+                    err.error.message,
+                    status.as_u16()
+                )),
+                Err(_) => Err(anyhow!("HTTP {}: {text}", status.as_u16())),
+            };
+        }
+        let mut pending = String::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        while let Some(chunk) = resp.chunk().await.context("reading the stream")? {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        on_event(&event, &data);
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()

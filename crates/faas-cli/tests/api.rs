@@ -195,7 +195,6 @@ async fn what_this_host_cannot_do_answers_501() {
     let server = Server::start().await;
     for case in [
         json!({"command": "true", "network": true}),
-        json!({"command": "true", "mode": "cached"}),
         json!({"command": "true", "mode": "checkpointed"}),
         json!({"command": "true", "mode": "branched"}),
         json!({"command": "true", "mode": "persistent"}),

@@ -22,7 +22,44 @@ pub struct Config {
     pub sandbox_gid: u32,
     /// Name of faas's parent cgroup in each hierarchy.
     pub cgroup_parent: String,
+    /// The agent binary, PID 1 of long-lived sandboxes (pools, contexts). Default:
+    /// `faas-agent` beside the faas executable.
+    pub agent_path: Option<PathBuf>,
     pub limits: LimitsConfig,
+    pub pools: PoolConfig,
+}
+
+/// Warm pools (cached mode) and language contexts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Idle sandboxes a pool keeps once a cached call has used it.
+    pub default_idle: u32,
+    /// The most idle sandboxes one pool may keep (prewarm is capped here).
+    pub max_idle: u32,
+    /// A pool nobody used for this long is emptied.
+    pub idle_timeout_secs: u64,
+    /// A reused sandbox (`reuse: true`) is replaced after this many calls.
+    pub max_uses: u64,
+    /// The memory limits of all idle pooled sandboxes together stay under this.
+    pub memory_budget_mb: u64,
+    /// A context nobody ran code in for this long is deleted.
+    pub context_idle_timeout_secs: u64,
+    pub max_contexts_per_tenant: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            default_idle: 2,
+            max_idle: 32,
+            idle_timeout_secs: 600,
+            max_uses: 1000,
+            memory_budget_mb: 8192,
+            context_idle_timeout_secs: 1800,
+            max_contexts_per_tenant: 16,
+        }
+    }
 }
 
 /// Defaults applied to a request that names no limit, and the most a request may ask for.
@@ -57,7 +94,9 @@ impl Default for Config {
             sandbox_uid: 1000,
             sandbox_gid: 1000,
             cgroup_parent: "faas".into(),
+            agent_path: None,
             limits: LimitsConfig::default(),
+            pools: PoolConfig::default(),
         }
     }
 }
@@ -109,6 +148,14 @@ impl Config {
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
+        })
+    }
+
+    /// The agent binary: configured, or `faas-agent` beside the running executable.
+    pub fn agent_binary(&self) -> Option<PathBuf> {
+        self.agent_path.clone().or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.join("faas-agent"))
         })
     }
 

@@ -72,7 +72,7 @@ pub fn run() -> Vec<Check> {
         Ok(version) => add("cgroups", true, version.as_str().into(), "limits and usage"),
         Err(e) => add("cgroups", false, e.to_string(), "limits and usage"),
     }
-    let seccomp = faas_sandbox::seccomp::Filters::build();
+    let seccomp = faas_confine::Filters::build();
     add(
         "seccomp",
         seccomp.is_ok(),

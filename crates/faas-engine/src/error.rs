@@ -13,6 +13,9 @@ pub enum EngineError {
     /// This host or build cannot do it (501); `why` says what is missing.
     #[error("{what} is not available: {why}")]
     Unsupported { what: String, why: String },
+    /// The resource is in a state that does not allow this now (409).
+    #[error("{message}")]
+    Conflict { message: String },
     /// Too many sandboxes are running (503).
     #[error("the server is at its limit of {limit} concurrent sandboxes")]
     Overloaded { limit: usize },

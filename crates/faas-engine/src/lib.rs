@@ -1,23 +1,30 @@
 //! The engine: what faas does, independent of HTTP. The gateway translates requests into
 //! calls on [`Engine`] and maps [`EngineError`] to responses; the engine validates, applies
-//! limits, picks an image, runs the sandbox and records the result.
+//! limits, picks an image and a mode, runs the sandbox and records the result.
 
 pub mod config;
+mod contexts;
 pub mod doctor;
 mod error;
 mod execute;
 pub mod images;
 mod languages;
+mod plan;
+mod pool;
 
 use std::sync::Arc;
 
+use faas_api::{PoolInfo, PrewarmRequest};
 use faas_sandbox::{CgroupRoot, LauncherClient, Sandboxes};
 use faas_store::{SqliteStore, Store};
 use tokio::sync::Semaphore;
 
 pub use config::Config;
 pub use error::EngineError;
+pub use execute::Streams;
 use images::{ImageStore, LocalImages};
+use plan::LimitRequest;
+use pool::{PoolKey, Pools};
 
 /// A tenant as the engine knows it: every record belongs to one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,23 +37,24 @@ pub struct Engine {
     store: Arc<dyn Store>,
     /// Bounds the sandboxes running at once; a call beyond it gets 503.
     admission: Arc<Semaphore>,
+    pools: Arc<Pools>,
+    contexts: contexts::Contexts,
+}
+
+fn startup(
+    what: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> EngineError {
+    move |source| EngineError::Startup { what, source }
 }
 
 impl Engine {
     /// Opens the store, clears what a crashed predecessor left, prepares images and starts
     /// the sandbox launcher.
-    pub async fn start(config: Config) -> Result<Self, EngineError> {
-        let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(|source| EngineError::Startup {
-            what: "creating the data directory",
-            source: source.into(),
-        })?;
-        let store = SqliteStore::open(&data_dir.join("faas.db")).map_err(|source| {
-            EngineError::Startup {
-                what: "opening the store",
-                source: source.into(),
-            }
-        })?;
+    pub async fn start(config: Config) -> Result<Arc<Self>, EngineError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| startup("creating the data directory")(e.into()))?;
+        let store = SqliteStore::open(&config.data_dir.join("faas.db"))
+            .map_err(|e| startup("opening the store")(e.into()))?;
         let lost = store.mark_interrupted_executions().await?;
         if lost > 0 {
             tracing::warn!(
@@ -54,38 +62,36 @@ impl Engine {
                 "executions interrupted by the previous shutdown were marked lost"
             );
         }
-        let cgroups =
-            CgroupRoot::detect(&config.cgroup_parent).map_err(|source| EngineError::Startup {
-                what: "detecting cgroups",
-                source: source.into(),
-            })?;
+        let cgroups = CgroupRoot::detect(&config.cgroup_parent)
+            .map_err(|e| startup("detecting cgroups")(e.into()))?;
         let cleared = cgroups
             .clear_leftovers()
-            .map_err(|source| EngineError::Startup {
-                what: "clearing leftover cgroups",
-                source: source.into(),
-            })?;
+            .map_err(|e| startup("clearing leftover cgroups")(e.into()))?;
         if cleared > 0 {
             tracing::warn!(cleared, "removed sandboxes left behind by a previous run");
         }
-        let images = LocalImages::prepare(&config).map_err(|source| EngineError::Startup {
-            what: "preparing images",
-            source: source.into(),
-        })?;
+        let images =
+            LocalImages::prepare(&config).map_err(|e| startup("preparing images")(e.into()))?;
         let launcher = LauncherClient::start(config.scratch_dir())
             .await
-            .map_err(|source| EngineError::Startup {
-                what: "starting the launcher",
-                source: source.into(),
-            })?;
+            .map_err(|e| startup("starting the launcher")(e.into()))?;
         tracing::info!(cgroup = cgroups.version().as_str(), "engine ready");
-        Ok(Self {
+        let sandboxes = Sandboxes::new(launcher, cgroups);
+        let pools = Pools::new(&config, Arc::clone(&sandboxes));
+        if let Err(e) = pools.agent() {
+            tracing::warn!(error = %e, "cached mode and contexts are unavailable");
+        }
+        let engine = Arc::new(Self {
             admission: Arc::new(Semaphore::new(config.max_concurrent_sandboxes)),
-            sandboxes: Sandboxes::new(launcher, cgroups),
+            sandboxes,
             images: Box::new(images),
             store: Arc::new(store),
+            pools: Arc::clone(&pools),
+            contexts: contexts::Contexts::default(),
             config,
-        })
+        });
+        contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
+        Ok(engine)
     }
 
     pub fn config(&self) -> &Config {
@@ -100,9 +106,43 @@ impl Engine {
         &self.sandboxes
     }
 
-    /// Kills every running sandbox; their runs finish and clean up on their own.
-    pub fn shutdown(&self) {
+    /// Fills the caller's pool for an image and limits with `count` warm sandboxes.
+    pub async fn prewarm(
+        &self,
+        tenant: &Tenant,
+        req: PrewarmRequest,
+    ) -> Result<PoolInfo, EngineError> {
+        if req.count == 0 || req.count > self.config.pools.max_idle {
+            return Err(plan::invalid(
+                "count",
+                format!("must be between 1 and {}", self.config.pools.max_idle),
+            ));
+        }
+        let image = self.image(req.image.as_deref())?;
+        let limits = self.limits(&LimitRequest {
+            timeout_ms: None,
+            memory_mb: req.memory_mb,
+            cpu: req.cpu,
+            pids: req.pids,
+        })?;
+        self.pools
+            .prewarm(
+                PoolKey::new(tenant, &image, &limits, None),
+                &image,
+                req.count,
+            )
+            .await
+    }
+
+    /// The caller's pools (an admin's `None`: everyone's).
+    pub fn pools(&self, tenant: Option<&Tenant>) -> Vec<PoolInfo> {
+        self.pools.list(tenant.map(|t| t.0.as_str()))
+    }
+
+    /// Refuses new work, kills every running sandbox and empties the pools.
+    pub async fn shutdown(&self) {
         self.admission.close();
         self.sandboxes.kill_all();
+        self.pools.drain().await;
     }
 }

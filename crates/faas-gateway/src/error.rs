@@ -55,6 +55,7 @@ impl ApiError {
                 EngineError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 EngineError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
                 EngineError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+                EngineError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
                 EngineError::Sandbox(RunError::Setup { .. }) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed")
                 }
@@ -87,6 +88,23 @@ fn body(status: StatusCode, code: &str, message: String) -> Response {
         },
     };
     (status, axum::Json(body)).into_response()
+}
+
+impl ApiError {
+    /// The JSON body of this error, for channels that are not a plain response (streams).
+    pub fn detail(&self) -> ErrorDetail {
+        let (status, code) = self.status_and_code();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %chain(self), "request failed");
+            "internal error; the server log has the details".into()
+        } else {
+            self.to_string()
+        };
+        ErrorDetail {
+            code: code.into(),
+            message,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

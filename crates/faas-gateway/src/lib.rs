@@ -45,7 +45,7 @@ pub enum ServeError {
 pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), ServeError> {
     let listen = config.listen;
     let body_limit = config.max_request_bytes;
-    let engine = Arc::new(Engine::start(config).await?);
+    let engine = Engine::start(config).await?;
     auth::bootstrap_admin(&engine, admin_key).await?;
 
     let app = router(
@@ -69,7 +69,7 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: killing running sandboxes");
-            shutdown_engine.shutdown();
+            shutdown_engine.shutdown().await;
         })
         .await
         .map_err(ServeError::Serve)

@@ -338,6 +338,14 @@ impl Cgroup {
         }
     }
 
+    /// Restarts peak-memory tracking, so a long-lived sandbox can report each run's own
+    /// peak. cgroup v1 only; on v2 the peak stays the sandbox's since its start.
+    pub fn reset_peak(&self) {
+        if self.version == CgroupVersion::V1 {
+            let _ = fs::write(self.dir_of("memory").join("memory.max_usage_in_bytes"), "0");
+        }
+    }
+
     /// SIGKILLs every process left in the cgroup.
     pub fn kill_all(&self) {
         for dir in self.dirs() {

@@ -1,24 +1,27 @@
 //! Code that runs inside a new sandbox, as PID 1 of its own pid namespace, right after the
 //! launcher cloned it. It builds the sandbox's world (cgroup, mounts, hostname, loopback),
-//! forks the payload, and reports on the status pipe how the payload ended. When PID 1
-//! exits the kernel kills everything else in the namespace, so nothing outlives a run.
+//! then either forks the payload and reports on the status pipe how it ended (one-shot
+//! mode), or execs the agent with the control socket on [`AGENT_CONTROL_FD`] (agent mode,
+//! `spec.agent`). When PID 1 exits the kernel kills everything else in the namespace, so
+//! nothing outlives a sandbox.
 //!
 //! Everything here runs in a forked copy of the single-threaded launcher and ends in
-//! `_exit`; errors are written to the status pipe as one line each:
+//! `_exit` or `exec`; errors are written to the status pipe as one line each:
 //! `setup <stage> <errno>` (building the sandbox failed), `payload <stage> <errno>` (the
 //! payload could not be started), `exit <code>` or `signal <number>` (how it ended).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::seccomp::Filters;
-use crate::spec::{LaunchMessage, LaunchSpec};
+use faas_confine::{Confinement, Failure, Filters, check, errno};
+
+use crate::spec::{AGENT_CONTROL_FD, AGENT_PATH, LaunchMessage, LaunchSpec};
 
 /// Where the sandbox's file descriptors sit once arranged.
 const FD_STATUS: i32 = 3;
-const FD_BLOB: i32 = 4;
-const FD_FIRST_CGROUP: i32 = 5;
+const FD_BLOB: i32 = 5;
+const FD_FIRST_CGROUP: i32 = 6;
 
 /// What the launcher prepared once for all sandboxes.
 pub(crate) struct Context {
@@ -28,30 +31,7 @@ pub(crate) struct Context {
     pub scratch: PathBuf,
 }
 
-/// A failed step: which one, and the errno.
-struct Failure {
-    stage: &'static str,
-    errno: i32,
-}
-
 type Step = Result<(), Failure>;
-
-fn check(ret: libc::c_int, stage: &'static str) -> Step {
-    if ret < 0 {
-        Err(Failure {
-            stage,
-            errno: errno(),
-        })
-    } else {
-        Ok(())
-    }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
 
 fn cstr(bytes: &[u8]) -> CString {
     // Paths and strings were validated by the server: no NUL inside.
@@ -83,6 +63,9 @@ pub(crate) fn run(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     if let Err(f) = setup(ctx, &msg.spec, msg.cgroup_fds) {
         fail("setup", f);
     }
+    if msg.spec.agent.is_some() {
+        exec_agent();
+    }
     // SAFETY: the launcher is single-threaded, so the child of this fork is consistent.
     match unsafe { libc::fork() } {
         -1 => fail(
@@ -101,6 +84,9 @@ pub(crate) fn run(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
 /// had open (its socket above all).
 fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     let mut targets = vec![0, 1, 2, FD_STATUS];
+    if msg.spec.agent.is_some() {
+        targets.push(AGENT_CONTROL_FD);
+    }
     if msg.has_blob {
         targets.push(FD_BLOB);
     }
@@ -123,15 +109,17 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
         // SAFETY: dup2 onto small numbers; whatever was there belonged to the launcher.
         check(unsafe { libc::dup2(*h, *t) }, "fds")?;
     }
-    let first_free = FD_FIRST_CGROUP + msg.cgroup_fds as i32;
-    if !msg.has_blob {
-        // SAFETY: closing a launcher descriptor in our copy of the table.
-        unsafe { libc::close(FD_BLOB) };
+    for unused in [AGENT_CONTROL_FD, FD_BLOB] {
+        if !targets.contains(&unused) {
+            // SAFETY: closing a launcher descriptor in our copy of the table.
+            unsafe { libc::close(unused) };
+        }
     }
+    let first_free = FD_FIRST_CGROUP + msg.cgroup_fds as i32;
     // SAFETY: closes our copies of every other descriptor.
     unsafe { libc::syscall(libc::SYS_close_range, first_free as u32, u32::MAX, 0u32) };
-    // The status pipe must not survive the payload's exec: only PID 1 keeps it, so its EOF
-    // tells the server that PID 1, and with it the whole sandbox, is gone.
+    // The status pipe must not survive an exec: only PID 1 keeps it, so its EOF tells the
+    // server that PID 1 has exec'd the agent, or (one-shot) that the sandbox is gone.
     // SAFETY: fcntl on our own descriptor.
     check(
         unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) },
@@ -140,7 +128,7 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
 }
 
 fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
-    // SAFETY (whole function): plain syscalls on valid C strings and descriptors we own.
+    // SAFETY (whole block): plain syscalls on valid C strings and descriptors we own.
     unsafe {
         for i in 0..cgroup_fds as i32 {
             // "0" moves the writing process; our pid here would be 1, not the host's.
@@ -169,7 +157,7 @@ fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
     )?;
     loopback_up()?;
     write_files(spec)?;
-    make_workdir(spec)
+    faas_confine::mkdir_owned(Path::new(&spec.workdir), spec.uid, spec.gid)
 }
 
 fn mount(
@@ -186,7 +174,12 @@ fn mount(
         cstr(fstype.as_bytes()),
         cstr(data.as_bytes()),
     );
-    // SAFETY: all pointers are valid C strings for the duration of the call.
+    let data_ptr = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        data.as_ptr().cast()
+    };
+    // SAFETY: all pointers are valid C strings (or NULL) for the duration of the call.
     check(
         unsafe {
             libc::mount(
@@ -194,11 +187,7 @@ fn mount(
                 target.as_ptr(),
                 fstype.as_ptr(),
                 flags,
-                if data.is_empty() {
-                    std::ptr::null()
-                } else {
-                    data.as_ptr().cast()
-                },
+                data_ptr,
             )
         },
         stage,
@@ -217,12 +206,24 @@ fn mkdir(path: &Path, mode: libc::mode_t, stage: &'static str) -> Step {
     Ok(())
 }
 
+fn bind_read_only(source: &Path, target: &Path) -> Step {
+    use libc::{MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT};
+    mount(
+        &source.to_string_lossy(),
+        target,
+        "",
+        MS_BIND | MS_REC,
+        "",
+        "bind mount",
+    )?;
+    let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
+    mount("none", target, "", flags, "", "bind mount read-only")
+}
+
 /// Builds the root filesystem in the private mount namespace and pivots into it:
 /// tmpfs scratch -> overlay(image, scratch) -> read-only binds, /proc, /dev, /tmp.
 fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
-    use libc::{
-        MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
-    };
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC};
     mount(
         "none",
         Path::new("/"),
@@ -233,12 +234,13 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
     )?;
     let scratch = &ctx.scratch;
     let size = spec.scratch_bytes;
+    let scratch_opts = format!("size={size},mode=0755");
     mount(
         "tmpfs",
         scratch,
         "tmpfs",
         MS_NOSUID | MS_NODEV,
-        &format!("size={size},mode=0755"),
+        &scratch_opts,
         "scratch tmpfs",
     )?;
     let (upper, work, root) = (
@@ -264,17 +266,22 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         "overlay root",
     )?;
     for bind in &spec.binds {
-        let target = root.join(bind.target.trim_start_matches('/'));
-        mount(
-            &bind.source.to_string_lossy(),
-            &target,
-            "",
-            MS_BIND | MS_REC,
-            "",
-            "bind mount",
+        bind_read_only(
+            &bind.source,
+            &root.join(bind.target.trim_start_matches('/')),
         )?;
-        let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
-        mount("none", &target, "", flags, "", "bind mount read-only")?;
+    }
+    if let Some(agent) = &spec.agent {
+        // A file bind needs a file to cover; it is created in the scratch layer.
+        let target = root.join(AGENT_PATH.trim_start_matches('/'));
+        if let Some(dir) = target.parent() {
+            mkdir(dir, 0o755, "agent dir")?;
+        }
+        std::fs::write(&target, b"").map_err(|e| Failure {
+            stage: "agent file",
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })?;
+        bind_read_only(&agent.binary, &target)?;
     }
     mount(
         "proc",
@@ -296,12 +303,13 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
     make_devices(&dev)?;
     let pts = dev.join("pts");
     mkdir(&pts, 0o755, "dev/pts")?;
+    let pts_opts = "newinstance,ptmxmode=0666,mode=0620";
     mount(
         "devpts",
         &pts,
         "devpts",
         MS_NOSUID | MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620",
+        pts_opts,
         "devpts",
     )?;
     let shm = dev.join("shm");
@@ -356,16 +364,14 @@ fn make_devices(dev: &Path) -> Step {
     for (name, major, minor) in DEVICES {
         let path = cpath(&dev.join(name));
         // SAFETY: valid C string; umask is 0 so the mode is exact.
-        check(
-            unsafe {
-                libc::mknod(
-                    path.as_ptr(),
-                    libc::S_IFCHR | 0o666,
-                    libc::makedev(major, minor),
-                )
-            },
-            "mknod",
-        )?;
+        let made = unsafe {
+            libc::mknod(
+                path.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        check(made, "mknod")?;
     }
     let links = [
         ("ptmx", "pts/ptmx"),
@@ -410,7 +416,7 @@ fn write_files(spec: &LaunchSpec) -> Step {
     for file in &spec.files {
         let path = Path::new(&file.path);
         if let Some(parent) = path.parent() {
-            mkdir_owned(parent, spec.uid, spec.gid)?;
+            faas_confine::mkdir_owned(parent, spec.uid, spec.gid)?;
         }
         let mut content = vec![0u8; file.len as usize];
         // SAFETY: reads into a buffer of exactly `len` bytes.
@@ -429,13 +435,11 @@ fn write_files(spec: &LaunchSpec) -> Step {
             });
         }
         let c = cpath(path);
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW;
         // SAFETY: valid C string and buffer; the descriptor is closed before returning.
         unsafe {
-            let fd = libc::open(
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                file.mode,
-            );
+            let fd = libc::open(c.as_ptr(), flags, file.mode);
             check(fd, "write file")?;
             let written = libc::write(fd, content.as_ptr().cast(), content.len());
             let owned = libc::fchown(fd, spec.uid, spec.gid);
@@ -448,32 +452,28 @@ fn write_files(spec: &LaunchSpec) -> Step {
             }
         }
     }
-    Ok(())
-}
-
-/// `mkdir -p`, giving directories it creates to the sandbox user.
-fn mkdir_owned(path: &Path, uid: u32, gid: u32) -> Step {
-    let mut current = PathBuf::from("/");
-    for part in path.components().skip(1) {
-        current.push(part);
-        let c = cpath(&current);
-        // SAFETY: valid C string.
-        unsafe {
-            if libc::mkdir(c.as_ptr(), 0o755) == 0 {
-                check(libc::chown(c.as_ptr(), uid, gid), "chown dir")?;
-            } else if errno() != libc::EEXIST {
-                return Err(Failure {
-                    stage: "mkdir",
-                    errno: errno(),
-                });
-            }
-        }
+    if !spec.files.is_empty() {
+        // SAFETY: closing our own descriptor; the payload does not need the blob.
+        unsafe { libc::close(FD_BLOB) };
     }
     Ok(())
 }
 
-fn make_workdir(spec: &LaunchSpec) -> Step {
-    mkdir_owned(Path::new(&spec.workdir), spec.uid, spec.gid)
+/// Agent mode: PID 1 becomes the agent, which keeps its privileges inside the sandbox (it
+/// confines each process it starts) and finds its control socket on AGENT_CONTROL_FD.
+fn exec_agent() -> ! {
+    let path = cstr(AGENT_PATH.as_bytes());
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let env = [std::ptr::null()];
+    // SAFETY: NULL-terminated arrays of valid C strings.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr()) };
+    fail(
+        "setup",
+        Failure {
+            stage: "exec agent",
+            errno: errno(),
+        },
+    )
 }
 
 /// PID 1 after the fork: reap everything, report the payload's end, exit. Exiting kills
@@ -505,107 +505,17 @@ fn supervise(payload: libc::pid_t) -> ! {
 
 /// The payload: drop every privilege, then exec. Never returns.
 fn payload(ctx: &Context, spec: &LaunchSpec) -> ! {
-    if let Err(f) = drop_privileges(ctx, spec) {
+    // SAFETY: closes the status pipe's and every other extra descriptor in this child.
+    unsafe { libc::syscall(libc::SYS_close_range, FD_STATUS as u32 + 1, u32::MAX, 0u32) };
+    let confinement = Confinement {
+        uid: spec.uid,
+        gid: spec.gid,
+        workdir: spec.workdir.clone(),
+        max_file_bytes: spec.max_file_bytes,
+        max_open_files: spec.max_open_files,
+    };
+    if let Err(f) = faas_confine::confine(&ctx.filters, ctx.last_cap, &confinement) {
         fail("payload", f);
     }
-    let argv: Vec<CString> = spec.argv.iter().map(|a| cstr(a.as_bytes())).collect();
-    let env: Vec<CString> = spec.env.iter().map(|e| cstr(e.as_bytes())).collect();
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
-    let program = spec.argv.first().map(String::as_str).unwrap_or_default();
-    let candidates: Vec<CString> = if program.contains('/') {
-        vec![cstr(program.as_bytes())]
-    } else {
-        let path = spec
-            .env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-        path.split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| cpath(&Path::new(d).join(OsStr::new(program))))
-            .collect()
-    };
-    let mut last = libc::ENOENT;
-    for candidate in &candidates {
-        // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
-        unsafe { libc::execve(candidate.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
-        let e = errno();
-        // Like execvp: remember a permission error, keep looking after "not found".
-        if e != libc::ENOENT && e != libc::ENOTDIR {
-            last = e;
-        }
-    }
-    fail(
-        "payload",
-        Failure {
-            stage: "exec",
-            errno: last,
-        },
-    )
-}
-
-fn drop_privileges(ctx: &Context, spec: &LaunchSpec) -> Step {
-    // SAFETY (whole function): plain syscalls on valid arguments.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, FD_BLOB as u32, u32::MAX, 0u32);
-        check(libc::setsid(), "setsid")?;
-        libc::umask(0o022);
-        let workdir = cstr(spec.workdir.as_bytes());
-        check(libc::chdir(workdir.as_ptr()), "chdir workdir")?;
-        let limits = [
-            (libc::RLIMIT_NOFILE, spec.max_open_files),
-            (libc::RLIMIT_FSIZE, spec.max_file_bytes),
-            (libc::RLIMIT_CORE, 0),
-        ];
-        for (resource, value) in limits {
-            let rlim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            check(libc::setrlimit(resource, &rlim), "rlimit")?;
-        }
-        // The bounding set needs CAP_SETPCAP, so it goes before the uid change; the uid
-        // change then clears the permitted and effective sets.
-        for cap in 0..=ctx.last_cap {
-            check(
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0),
-                "drop capabilities",
-            )?;
-        }
-        check(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ),
-            "clear ambient capabilities",
-        )?;
-        let groups = [spec.gid];
-        check(libc::setgroups(1, groups.as_ptr()), "setgroups")?;
-        check(libc::setresgid(spec.gid, spec.gid, spec.gid), "setgid")?;
-        check(libc::setresuid(spec.uid, spec.uid, spec.uid), "setuid")?;
-        // The launcher ignores SIGCHLD and Rust ignores SIGPIPE; the payload gets defaults.
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
-    ctx.filters.install().map_err(|e| Failure {
-        stage: "seccomp",
-        errno: match e {
-            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => {
-                io.raw_os_error().unwrap_or(libc::EINVAL)
-            }
-            _ => libc::EINVAL,
-        },
-    })
+    fail("payload", faas_confine::exec(&spec.argv, &spec.env))
 }

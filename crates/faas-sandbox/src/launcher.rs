@@ -24,8 +24,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
 
 use crate::init::{self, Context};
-use crate::seccomp::Filters;
 use crate::spec::{LAUNCH_PROTOCOL_VERSION, LaunchMessage, LaunchReply};
+use faas_confine::Filters;
 
 /// argv[1] that turns the faas binary into the launcher.
 pub const LAUNCHER_ARG: &str = "__launcher";
@@ -382,10 +382,7 @@ fn prepare(scratch: PathBuf) -> Result<Context, String> {
     std::fs::create_dir_all(&scratch)
         .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
     let filters = Filters::build().map_err(|e| e.to_string())?;
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = faas_confine::last_cap();
     Ok(Context {
         filters,
         last_cap,

@@ -6,21 +6,25 @@
 //! - `init` (private): the code that runs inside the new namespaces as PID 1: mounts the
 //!   root filesystem, joins the cgroup, then forks the payload and reports how it ended.
 //! - [`cgroup`]: per-sandbox limits and usage on cgroup v1 or v2, detected at start-up.
-//! - [`seccomp`]: the syscall filter every payload runs under.
 //! - [`run`]: the server side of one run: cgroup, pipes, launch, timeout, output caps,
 //!   usage and cleanup, whatever happens.
+//! - [`agent`] and `agent_sandbox`: long-lived sandboxes whose PID 1 is the agent
+//!   (crate `faas-agent`), driven over the agent protocol.
 
+pub mod agent;
+mod agent_sandbox;
 pub mod cgroup;
 mod init;
 pub mod launcher;
 pub mod run;
-pub mod seccomp;
 pub mod spec;
 
+pub use agent_sandbox::{AgentSandbox, ExecRequest};
 pub use cgroup::{CgroupError, CgroupRoot, CgroupVersion, Limits};
+pub use faas_agent::protocol::{Confine, Stream};
 pub use launcher::{LaunchError, LauncherClient};
-pub use run::{RunEnd, RunError, RunOutcome, RunRequest, Sandboxes};
-pub use spec::{BindMount, FileSpec, LaunchSpec};
+pub use run::{OutputChunk, RunEnd, RunError, RunIo, RunOutcome, RunRequest, Sandboxes};
+pub use spec::{AGENT_PATH, AgentSpec, BindMount, FileSpec, LaunchSpec};
 
 /// `SIGKILL` for 9, and so on; unknown numbers read `SIG<n>`.
 pub fn signal_name(signal: i32) -> String {

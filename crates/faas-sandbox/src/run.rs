@@ -1,6 +1,8 @@
-//! The server side of one sandbox run: cgroup, pipes, launch, stdin, capped output,
-//! timeout, usage, and cleanup whatever happens. Each run is driven by its own task, so a
-//! caller that goes away (a dropped HTTP request) never leaves a sandbox or cgroup behind.
+//! The server side of a sandbox: cgroup, descriptors, launch, and cleanup whatever happens.
+//! One-shot runs (`Sandboxes::run`) read the payload's pipes directly; long-lived sandboxes
+//! (`Sandboxes::start_agent`, see [`crate::agent_sandbox`]) talk to their agent. Each
+//! one-shot run is driven by its own task, so a caller that goes away (a dropped HTTP
+//! request) never leaves a sandbox or cgroup behind.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,19 +12,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use faas_agent::protocol::Stream;
 use nix::fcntl::OFlag;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
 
-use crate::cgroup::{CgroupError, CgroupRoot, CgroupUsage, Limits};
+use crate::agent::AgentError;
+use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, CgroupUsage, Limits};
 use crate::launcher::{LaunchError, LauncherClient};
 use crate::spec::{LAUNCH_PROTOCOL_VERSION, LaunchMessage, LaunchSpec};
 
 /// How long a killed sandbox may take to disappear before we call it a bug.
-const KILL_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -30,6 +35,8 @@ pub enum RunError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error("preparing the sandbox's descriptors")]
     Io(#[source] io::Error),
     #[error("sandbox setup failed at {stage}: {}", io::Error::from_raw_os_error(*errno))]
@@ -40,8 +47,41 @@ pub enum RunError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// A piece of output as it arrives, for callers that stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// Where a run's input comes from and where its output goes, besides the result.
+#[derive(Debug, Default)]
+pub struct RunIo {
+    /// Written to stdin first.
+    pub stdin: Vec<u8>,
+    /// More stdin as it comes; stdin closes when this closes. `None`: close after `stdin`.
+    pub stdin_stream: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// Receives output as it arrives (up to the limit), besides the result.
+    pub sink: Option<mpsc::UnboundedSender<OutputChunk>>,
+    /// Bytes kept of stdout and of stderr, each. Past that the stream is closed, so a flood
+    /// ends with SIGPIPE instead of running on.
+    pub output_limit: usize,
+    /// Kills the run when its sender is dropped (a streaming client went away).
+    pub cancel: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// Resolves when `cancel` fires; never when there is none.
+pub(crate) async fn cancelled(cancel: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match cancel {
+        Some(rx) => {
+            let _ = rx.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// One run, as the engine asks for it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunRequest {
     /// Unique name; also the cgroup's name.
     pub id: String,
@@ -50,10 +90,7 @@ pub struct RunRequest {
     pub blob: Vec<u8>,
     pub limits: Limits,
     pub timeout: Duration,
-    pub stdin: Vec<u8>,
-    /// Bytes kept of stdout and of stderr, each. Past that the pipe is closed, so a flood
-    /// ends with SIGPIPE instead of running on.
-    pub output_limit: usize,
+    pub io: RunIo,
 }
 
 /// How the payload ended.
@@ -77,17 +114,69 @@ pub struct RunOutcome {
     pub stderr: Vec<u8>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
-    /// From the launch request to PID 1's exit.
+    /// From the start request to the end of the program.
     pub wall: Duration,
     pub usage: CgroupUsage,
 }
 
-/// Every sandbox of this server: the launcher, the cgroup layout, and the live runs.
+/// Collects one stream's output up to the limit, forwarding it to the sink as it comes.
+pub(crate) struct Capture {
+    stream: Stream,
+    limit: usize,
+    pub data: Vec<u8>,
+    pub truncated: bool,
+}
+
+impl Capture {
+    pub fn new(stream: Stream, limit: usize) -> Self {
+        Self {
+            stream,
+            limit,
+            data: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// Takes a chunk; returns false once the limit is passed (the stream should close).
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        sink: Option<&mpsc::UnboundedSender<OutputChunk>>,
+    ) -> bool {
+        if self.truncated {
+            return false;
+        }
+        let room = self.limit - self.data.len();
+        let kept = &chunk[..chunk.len().min(room)];
+        self.data.extend_from_slice(kept);
+        if let Some(sink) = sink
+            && !kept.is_empty()
+        {
+            let _ = sink.send(OutputChunk {
+                stream: self.stream,
+                data: kept.to_vec(),
+            });
+        }
+        if chunk.len() > room {
+            self.truncated = true;
+            return false;
+        }
+        true
+    }
+}
+
+/// Every sandbox of this server: the launcher, the cgroup layout, and the live ones.
 pub struct Sandboxes {
     launcher: LauncherClient,
     cgroups: CgroupRoot,
-    live: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    pub(crate) live: Mutex<HashMap<String, Arc<OwnedFd>>>,
     started: AtomicU64,
+}
+
+/// A sandbox just launched: its cgroup and its PID 1's pidfd.
+pub(crate) struct Launched {
+    pub pidfd: Arc<OwnedFd>,
+    pub started_at: Instant,
 }
 
 impl Sandboxes {
@@ -116,6 +205,13 @@ impl Sandboxes {
         self.launcher.restarts()
     }
 
+    /// Kills every live sandbox (server shutdown). Their owners then clean up.
+    pub fn kill_all(&self) {
+        for pidfd in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            kill(pidfd.as_raw_fd());
+        }
+    }
+
     /// Runs one sandbox to its end on a task of its own; awaiting the result is optional.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome, RunError> {
         let this = Arc::clone(self);
@@ -124,16 +220,45 @@ impl Sandboxes {
             .map_err(RunError::Task)?
     }
 
-    /// Kills every live sandbox (server shutdown). Their runs then end and clean up.
-    pub fn kill_all(&self) {
-        for pidfd in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            kill(pidfd.as_raw_fd());
-        }
+    /// Launches a sandbox whose descriptors are `fds` (stdin, stdout, stderr, status and any
+    /// extras, in the order of [`LaunchMessage`]) plus the cgroup's, and registers it.
+    pub(crate) async fn launch(
+        &self,
+        id: &str,
+        spec: &LaunchSpec,
+        cgroup: &Cgroup,
+        mut fds: Vec<RawFd>,
+        has_blob: bool,
+    ) -> Result<Launched, RunError> {
+        let procs = cgroup.procs_files()?;
+        fds.extend(procs.iter().map(|f| f.as_raw_fd()));
+        let msg = LaunchMessage {
+            version: LAUNCH_PROTOCOL_VERSION,
+            spec: spec.clone(),
+            has_blob,
+            cgroup_fds: procs.len(),
+        };
+        let started_at = Instant::now();
+        let launched = self.launcher.launch(&msg, &fds).await?;
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let pidfd = Arc::new(launched.pidfd);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), Arc::clone(&pidfd));
+        Ok(Launched { pidfd, started_at })
+    }
+
+    pub(crate) fn unregister(&self, id: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     async fn run_to_end(&self, req: RunRequest) -> Result<RunOutcome, RunError> {
         let cgroup = self.cgroups.create(&req.id, &req.limits)?;
-        let result = self.launch_and_wait(&cgroup, &req).await;
+        let result = self.launch_and_wait(&cgroup, req).await;
         if result.is_err() {
             cgroup.kill_all();
         }
@@ -147,8 +272,8 @@ impl Sandboxes {
 
     async fn launch_and_wait(
         &self,
-        cgroup: &crate::cgroup::Cgroup,
-        req: &RunRequest,
+        cgroup: &Cgroup,
+        req: RunRequest,
     ) -> Result<RunOutcome, RunError> {
         let (stdin_r, stdin_w) = pipe_pair()?;
         let (stdout_r, stdout_w) = pipe_pair()?;
@@ -159,91 +284,101 @@ impl Sandboxes {
         } else {
             Some(blob_fd(&req.blob)?)
         };
-        let procs = cgroup.procs_files()?;
-
-        let mut fds: Vec<RawFd> = vec![
+        let mut fds = vec![
             stdin_r.as_raw_fd(),
             stdout_w.as_raw_fd(),
             stderr_w.as_raw_fd(),
             status_w.as_raw_fd(),
         ];
         fds.extend(blob.as_ref().map(|b| b.as_raw_fd()));
-        fds.extend(procs.iter().map(|f| f.as_raw_fd()));
-        let msg = LaunchMessage {
-            version: LAUNCH_PROTOCOL_VERSION,
-            spec: req.spec.clone(),
-            has_blob: blob.is_some(),
-            cgroup_fds: procs.len(),
-        };
-
-        let start = Instant::now();
-        let launched = self.launcher.launch(&msg, &fds).await?;
-        self.started.fetch_add(1, Ordering::Relaxed);
+        let launched = self
+            .launch(&req.id, &req.spec, cgroup, fds, blob.is_some())
+            .await?;
         // Our copies of the sandbox's ends must go, or we would never see EOF.
-        drop((stdin_r, stdout_w, stderr_w, status_w, blob, procs));
-        let pidfd = Arc::new(launched.pidfd);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req.id.clone(), Arc::clone(&pidfd));
+        drop((stdin_r, stdout_w, stderr_w, status_w, blob));
+        let pidfd = launched.pidfd;
         let _unregister = Unregister {
-            live: &self.live,
+            sandboxes: self,
             id: &req.id,
             pidfd: &pidfd,
         };
 
-        let stdin = write_stdin(stdin_w, &req.stdin);
-        let stdout = read_capped(stdout_r, req.output_limit);
-        let stderr = read_capped(stderr_r, req.output_limit);
+        let RunIo {
+            stdin,
+            stdin_stream,
+            sink,
+            output_limit,
+            mut cancel,
+        } = req.io;
+        let stdin = write_stdin(stdin_w, stdin, stdin_stream);
+        let stdout = read_capped(
+            stdout_r,
+            Capture::new(Stream::Stdout, output_limit),
+            sink.clone(),
+        );
+        let stderr = read_capped(stderr_r, Capture::new(Stream::Stderr, output_limit), sink);
+        let started_at = launched.started_at;
         let status = async {
-            let text = read_capped(status_r, 4096).await.map(|(bytes, _)| bytes);
-            (text, start.elapsed())
+            let text = read_capped(status_r, Capture::new(Stream::Stdout, 4096), None)
+                .await
+                .map(|c| c.data);
+            (text, started_at.elapsed())
         };
-        let collect = async { tokio::join!(stdin, stdout, stderr, status) };
+        let collect = async { tokio::join!(stdout, stderr, status) };
         tokio::pin!(collect);
+        tokio::pin!(stdin);
         let mut timed_out = false;
-        let (_, stdout, stderr, (status, wall)) = tokio::select! {
-            all = &mut collect => all,
-            _ = tokio::time::sleep(req.timeout) => {
-                timed_out = true;
-                kill(pidfd.as_raw_fd());
-                tokio::time::timeout(KILL_GRACE, &mut collect).await.map_err(|_| RunError::Unkillable)?
+        let deadline = tokio::time::sleep(req.timeout);
+        tokio::pin!(deadline);
+        let mut stdin_done = false;
+        let mut killed = false;
+        let (stdout, stderr, (status, wall)) = loop {
+            tokio::select! {
+                all = &mut collect => break all,
+                _ = &mut stdin, if !stdin_done => stdin_done = true,
+                _ = cancelled(&mut cancel), if !killed => {
+                    killed = true;
+                    kill(pidfd.as_raw_fd());
+                }
+                _ = &mut deadline, if !timed_out && !killed => {
+                    timed_out = true;
+                    kill(pidfd.as_raw_fd());
+                    let all = tokio::time::timeout(KILL_GRACE, &mut collect).await.map_err(|_| RunError::Unkillable)?;
+                    break all;
+                }
             }
         };
         // Once PID 1 is fully gone, so is every process of the namespace.
         wait_exit(&pidfd).await?;
 
-        let (stdout, stdout_truncated) = stdout.map_err(RunError::Io)?;
-        let (stderr, stderr_truncated) = stderr.map_err(RunError::Io)?;
+        let stdout = stdout.map_err(RunError::Io)?;
+        let stderr = stderr.map_err(RunError::Io)?;
         let status = String::from_utf8_lossy(&status.map_err(RunError::Io)?).into_owned();
         let end = parse_status(&status, timed_out)?;
         Ok(RunOutcome {
             end,
-            stdout,
-            stderr,
-            stdout_truncated,
-            stderr_truncated,
+            stdout: stdout.data,
+            stderr: stderr.data,
+            stdout_truncated: stdout.truncated,
+            stderr_truncated: stderr.truncated,
             wall,
             usage: CgroupUsage::default(),
         })
     }
 }
 
-/// Removes a run from the live set however its future ends.
-struct Unregister<'a> {
-    live: &'a Mutex<HashMap<String, Arc<OwnedFd>>>,
-    id: &'a str,
-    pidfd: &'a Arc<OwnedFd>,
+/// Unregisters a sandbox however its owner's future ends, killing it first.
+pub(crate) struct Unregister<'a> {
+    pub sandboxes: &'a Sandboxes,
+    pub id: &'a str,
+    pub pidfd: &'a Arc<OwnedFd>,
 }
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         // A run abandoned half-way must not leave its sandbox running.
         kill(self.pidfd.as_raw_fd());
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.id);
+        self.sandboxes.unregister(self.id);
     }
 }
 
@@ -274,7 +409,19 @@ fn parse_status(status: &str, timed_out: bool) -> Result<RunEnd, RunError> {
     }
 }
 
-fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RunError> {
+/// A setup failure reported on the status pipe, if any (agent mode: EOF means exec'd).
+pub(crate) fn setup_failure(status: &str) -> Option<RunError> {
+    match parse_status(status, false) {
+        Err(e) => Some(e),
+        Ok(_) if status.is_empty() => None,
+        Ok(_) => Some(RunError::Setup {
+            stage: status.trim().to_owned(),
+            errno: libc::EIO,
+        }),
+    }
+}
+
+pub(crate) fn pipe_pair() -> Result<(OwnedFd, OwnedFd), RunError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RunError::Io(e.into()))
 }
 
@@ -286,7 +433,7 @@ fn blob_fd(content: &[u8]) -> Result<OwnedFd, RunError> {
     Ok(OwnedFd::from(file))
 }
 
-fn kill(pidfd: RawFd) {
+pub(crate) fn kill(pidfd: RawFd) {
     // SAFETY: pidfd_send_signal on a pidfd we hold; ESRCH after exit is fine.
     unsafe {
         libc::syscall(
@@ -299,7 +446,7 @@ fn kill(pidfd: RawFd) {
     }
 }
 
-async fn wait_exit(pidfd: &Arc<OwnedFd>) -> Result<(), RunError> {
+pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> Result<(), RunError> {
     // SAFETY: the Arc keeps the pidfd open, and the same descriptor, while the AsyncFd lives.
     let fd = unsafe {
         AsyncFd::register_with_interest(Arc::clone(pidfd), tokio::io::Interest::READABLE)
@@ -312,31 +459,39 @@ async fn wait_exit(pidfd: &Arc<OwnedFd>) -> Result<(), RunError> {
     }
 }
 
-async fn write_stdin(fd: OwnedFd, data: &[u8]) {
-    if data.is_empty() {
+async fn write_stdin(fd: OwnedFd, data: Vec<u8>, stream: Option<mpsc::UnboundedReceiver<Vec<u8>>>) {
+    if data.is_empty() && stream.is_none() {
         return;
     }
-    if let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) {
-        // EPIPE when the program does not read it all: not an error of the run.
-        let _ = tx.write_all(data).await;
+    let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) else {
+        return;
+    };
+    // EPIPE when the program does not read it all: not an error of the run.
+    if tx.write_all(&data).await.is_err() {
+        return;
+    }
+    if let Some(mut stream) = stream {
+        while let Some(chunk) = stream.recv().await {
+            if tx.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
-async fn read_capped(fd: OwnedFd, limit: usize) -> io::Result<(Vec<u8>, bool)> {
+async fn read_capped(
+    fd: OwnedFd,
+    mut capture: Capture,
+    sink: Option<mpsc::UnboundedSender<OutputChunk>>,
+) -> io::Result<Capture> {
     let mut rx = pipe::Receiver::from_owned_fd(fd)?;
-    let mut out = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = rx.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok((out, false));
+        // Dropping the pipe past the limit is what stops a flood.
+        if n == 0 || !capture.push(&chunk[..n], sink.as_ref()) {
+            return Ok(capture);
         }
-        let room = limit - out.len();
-        if n > room {
-            out.extend_from_slice(&chunk[..room]);
-            return Ok((out, true));
-        }
-        out.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -370,5 +525,22 @@ mod tests {
             parse_status("", false).ok(),
             Some(RunEnd::Signaled(libc::SIGKILL))
         );
+        assert!(setup_failure("").is_none());
+        assert!(setup_failure("setup exec agent 2\n").is_some());
+    }
+
+    #[test]
+    fn capture_keeps_the_limit_and_reports_truncation() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = Capture::new(Stream::Stdout, 5);
+        assert!(c.push(b"abc", Some(&tx)));
+        assert!(!c.push(b"defg", Some(&tx)));
+        assert_eq!(c.data, b"abcde");
+        assert!(c.truncated);
+        assert_eq!(rx.try_recv().map(|c| c.data).ok(), Some(b"abc".to_vec()));
+        assert_eq!(rx.try_recv().map(|c| c.data).ok(), Some(b"de".to_vec()));
+        let mut exact = Capture::new(Stream::Stderr, 3);
+        assert!(exact.push(b"xyz", None));
+        assert!(!exact.truncated);
     }
 }

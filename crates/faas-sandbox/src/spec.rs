@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the server <-> launcher message format. Both sides are the same binary, but a
 /// launcher left running across an upgrade must refuse rather than misread.
-pub const LAUNCH_PROTOCOL_VERSION: u32 = 1;
+pub const LAUNCH_PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -33,7 +33,22 @@ pub struct LaunchSpec {
     pub max_file_bytes: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// When set, PID 1 becomes the in-sandbox agent (a long-lived sandbox) instead of
+    /// running `argv` once. `argv`, `env` and `workdir` are then unused.
+    #[serde(default)]
+    pub agent: Option<AgentSpec>,
 }
+
+/// The agent binary on the host; it is bound read-only at [`AGENT_PATH`] in the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub binary: PathBuf,
+}
+
+/// Where the agent binary appears inside a sandbox.
+pub const AGENT_PATH: &str = "/.faas/agent";
+/// The descriptor on which the agent finds its control socket.
+pub const AGENT_CONTROL_FD: i32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BindMount {
@@ -53,8 +68,9 @@ pub struct FileSpec {
 }
 
 /// One launch request as it travels to the launcher. The file descriptors travel beside it
-/// (SCM_RIGHTS) in this order: stdin, stdout, stderr, status, the blob if `has_blob`, then
-/// `cgroup_fds` open `cgroup.procs` files the sandbox joins.
+/// (SCM_RIGHTS) in this order: stdin, stdout, stderr, status, the agent's control socket if
+/// `spec.agent` is set, the blob if `has_blob`, then `cgroup_fds` open `cgroup.procs` files
+/// the sandbox joins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchMessage {
     pub version: u32,

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
-use faas_api::{Command, ExecStatus, ExecuteRequest, ExecutionResult};
+use faas_api::{Command, ExecStatus, ExecuteRequest, ExecutionResult, Mode, StreamEvent};
 use reqwest::Method;
 
 use crate::client::{Client, runtime};
@@ -37,7 +37,16 @@ pub struct ExecArgs {
     /// Text for the program's stdin; "-" passes this command's own stdin.
     #[arg(long)]
     stdin: Option<String>,
-    /// Print the whole result as JSON instead of the program's output.
+    /// ephemeral (default) or cached (a warm sandbox from the pool).
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<Mode>,
+    /// Cached mode: keep the sandbox for the next call with --reuse.
+    #[arg(long)]
+    reuse: bool,
+    /// Run the code (-c) in this language context.
+    #[arg(long)]
+    context: Option<String>,
+    /// Print the whole result as JSON instead of streaming the program's output.
     #[arg(long)]
     json: bool,
     /// The program and its arguments, after `--`.
@@ -49,14 +58,13 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     let req = request(args.stdin_text()?, &args)?;
     let client = Client::from_env()?;
     let body = serde_json::to_value(&req)?;
-    let answer = runtime()?.block_on(client.call(Method::POST, "/api/v1/execute", Some(&body)))?;
-    let result: ExecutionResult =
-        serde_json::from_value(answer.clone()).context("unexpected result shape")?;
-    if args.json {
+    let result = if args.json {
+        let answer =
+            runtime()?.block_on(client.call(Method::POST, "/api/v1/execute", Some(&body)))?;
         println!("{}", serde_json::to_string_pretty(&answer)?);
+        serde_json::from_value(answer).context("unexpected result shape")?
     } else {
-        std::io::stdout().write_all(result.stdout.as_bytes())?;
-        std::io::stderr().write_all(result.stderr.as_bytes())?;
+        let result = stream(&client, &body)?;
         if result.stdout_truncated || result.stderr_truncated {
             eprintln!(
                 "faas: output truncated at {} bytes",
@@ -73,8 +81,35 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
             ),
             _ => {}
         }
-    }
+        result
+    };
     std::process::exit(exit_code(&result))
+}
+
+/// Runs through the streaming route, printing output as it arrives.
+fn stream(client: &Client, body: &serde_json::Value) -> anyhow::Result<ExecutionResult> {
+    let mut result = None;
+    let mut failure = None;
+    runtime()?.block_on(client.stream("/api/v1/execute/stream", body, |_, data| {
+        match serde_json::from_str::<StreamEvent>(data) {
+            Ok(StreamEvent::Stdout { data }) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(data.as_bytes()).and_then(|()| out.flush());
+            }
+            Ok(StreamEvent::Stderr { data }) => {
+                let _ = std::io::stderr().write_all(data.as_bytes());
+            }
+            Ok(StreamEvent::Exit(r)) => result = Some(*r),
+            Ok(StreamEvent::Error { error }) => {
+                failure = Some(anyhow::anyhow!("{}: {}", error.code, error.message))
+            }
+            Err(e) => failure = Some(anyhow::anyhow!("unreadable event from the server: {e}")),
+        }
+    }))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    result.context("the stream ended without a result")
 }
 
 impl ExecArgs {
@@ -101,6 +136,9 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
         memory_mb: args.memory_mb,
         cpu: args.cpu,
         pids: args.pids,
+        mode: args.mode.unwrap_or_default(),
+        reuse: args.reuse,
+        context_id: args.context.clone(),
         ..ExecuteRequest::default()
     };
     for pair in &args.env {
@@ -115,12 +153,18 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
             req.code = Some(code.clone());
             req.language = Some(lang.clone());
         }
+        (Some(code), true, None) if args.context.is_some() => req.code = Some(code.clone()),
         (Some(line), true, None) => req.command = Some(Command::Shell(line.clone())),
         (None, false, None) => req.command = Some(Command::Argv(args.argv.clone())),
         (None, false, Some(_)) => bail!("--language needs the code in -c"),
         (None, true, _) => bail!("nothing to run: give -c CODE or a command after --"),
     }
     Ok(req)
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of ephemeral, cached, checkpointed, branched, persistent".to_owned())
 }
 
 fn exit_code(result: &ExecutionResult) -> i32 {

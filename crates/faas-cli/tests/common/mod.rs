@@ -64,8 +64,12 @@ impl Server {
         std::fs::create_dir_all(&base).expect("test dir");
         let config_path = base.join("config.toml");
         let (top, tables) = split_extra(extra);
+        // The static agent scripts/test builds; else the one beside the faas binary.
+        let agent = std::env::var("FAAS_AGENT")
+            .map(|p| format!("agent_path = \"{p}\"\n"))
+            .unwrap_or_default();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}\"\nrun_dir = \"{r}\"\ncgroup_parent = \"{name}\"\n{top}\n{tables}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}\"\nrun_dir = \"{r}\"\ncgroup_parent = \"{name}\"\n{agent}{top}\n{tables}\n",
             d = base.join("data").display(),
             r = base.join("run").display(),
         );

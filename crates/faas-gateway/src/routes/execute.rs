@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use faas_api::{ExecuteRequest, ExecutionResult};
+use faas_engine::Streams;
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -12,7 +13,12 @@ pub async fn execute(
     caller: Caller,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
-    Ok(Json(state.engine.execute(&caller.tenant, req).await?))
+    Ok(Json(
+        state
+            .engine
+            .execute(&caller.tenant, req, Streams::default())
+            .await?,
+    ))
 }
 
 pub async fn get_execution(

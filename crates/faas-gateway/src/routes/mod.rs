@@ -1,8 +1,11 @@
 //! Routes, one file per resource.
 
+mod contexts;
 mod execute;
 mod health;
 mod keys;
+mod pools;
+mod stream;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -13,6 +16,20 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/execute", post(execute::execute))
+        .route(
+            "/api/v1/execute/stream",
+            get(stream::websocket).post(stream::sse),
+        )
+        .route("/api/v1/prewarm", post(pools::prewarm))
+        .route("/api/v1/pools", get(pools::list))
+        .route(
+            "/api/v1/contexts",
+            post(contexts::create).get(contexts::list),
+        )
+        .route(
+            "/api/v1/contexts/{id}",
+            get(contexts::get).delete(contexts::delete),
+        )
         .route("/api/v1/executions/{id}", get(execute::get_execution))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))

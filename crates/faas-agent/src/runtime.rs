@@ -1,0 +1,1162 @@
+//! The agent's event loop. One thread, one `poll`: the control socket, a signalfd for
+//! SIGCHLD, and every pipe and socket of the processes, contexts and connections it runs.
+//! Output is read only while the host keeps up (backpressure), so a flood never grows the
+//! agent's memory; the sandbox's cgroup charges the agent like any of its processes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use faas_confine::{Confinement, Filters};
+
+use crate::protocol::{self, CHUNK, Confine, Event, Request, StartError, Stream};
+
+/// The control socket's descriptor (see faas-sandbox's AGENT_CONTROL_FD).
+pub const CONTROL_FD: RawFd = 4;
+/// Past this much unsent output, stop reading from children until the host catches up.
+const HIGH_WATER: usize = 4 << 20;
+/// A context whose run timed out gets SIGINT, then this long before SIGKILL.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+const PYTHON_DRIVER: &str = include_str!("drivers/python.py");
+const NODE_DRIVER: &str = include_str!("drivers/node.js");
+
+/// Runs the agent on the control socket at [`CONTROL_FD`]. Exits when the host hangs up,
+/// which, the agent being PID 1, ends the sandbox.
+pub fn main() -> ! {
+    match Agent::new(CONTROL_FD) {
+        Ok(mut agent) => agent.run(),
+        Err(e) => {
+            eprintln!("faas-agent: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+struct Proc {
+    pid: i32,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Run {
+    id: u64,
+    deadline: Option<Instant>,
+    interrupted_at: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Context {
+    pid: i32,
+    ctl: OwnedFd,
+    ctl_buf: Vec<u8>,
+    reply: OwnedFd,
+    reply_buf: Vec<u8>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    creating: Option<u64>,
+    running: Option<Run>,
+}
+
+struct Tcp {
+    sock: OwnedFd,
+    connecting: bool,
+    out: Vec<u8>,
+    closing: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Tag {
+    Control,
+    Signal,
+    ProcOut(u64, Stream),
+    ProcIn(u64),
+    ContextReply(String),
+    ContextOut(String, Stream),
+    ContextIn(String),
+    Tcp(u64),
+}
+
+struct Agent {
+    control: OwnedFd,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    sigfd: OwnedFd,
+    filters: Filters,
+    last_cap: u32,
+    procs: HashMap<u64, Proc>,
+    by_pid: HashMap<i32, u64>,
+    contexts: HashMap<String, Context>,
+    reads: HashMap<u64, (File, u64)>,
+    writes: HashMap<u64, File>,
+    tcp: HashMap<u64, Tcp>,
+}
+
+fn os_error(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), i32> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(faas_confine::errno());
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads what is available without blocking: Ok(None) would block, Ok(Some(0)) is EOF.
+fn read_some(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, i32> {
+    // SAFETY: reads into a valid buffer.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    match faas_confine::errno() {
+        libc::EAGAIN | libc::EINTR => Ok(None),
+        e => Err(e),
+    }
+}
+
+/// Writes what the descriptor takes now; returns how much.
+fn write_some(fd: RawFd, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: writes from a valid buffer.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = faas_confine::errno();
+    if e == libc::ENOTSOCK {
+        // SAFETY: as above, for pipes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        return match faas_confine::errno() {
+            libc::EAGAIN | libc::EINTR => Ok(0),
+            e => Err(e),
+        };
+    }
+    match e {
+        libc::EAGAIN | libc::EINTR => Ok(0),
+        e => Err(e),
+    }
+}
+
+impl Agent {
+    fn new(control: RawFd) -> Result<Self, String> {
+        // SAFETY: the descriptor was handed to us by PID 1's setup; we own it from here.
+        let control = unsafe { OwnedFd::from_raw_fd(control) };
+        set_nonblocking(control.as_raw_fd());
+        // SIGCHLD arrives on a descriptor, not as an interruption.
+        // SAFETY: plain signal-mask calls on a zeroed, initialised set.
+        let sigfd = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(os_error("signalfd"));
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let filters = Filters::build().map_err(|e| e.to_string())?;
+        // When the sandbox runs out of memory, the OOM killer must pick the program, never
+        // the agent that reports on it.
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        let mut agent = Self {
+            control,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            sigfd,
+            filters,
+            last_cap: faas_confine::last_cap(),
+            procs: HashMap::new(),
+            by_pid: HashMap::new(),
+            contexts: HashMap::new(),
+            reads: HashMap::new(),
+            writes: HashMap::new(),
+            tcp: HashMap::new(),
+        };
+        agent.send(
+            &Event::Hello {
+                version: protocol::VERSION,
+            },
+            b"",
+        );
+        Ok(agent)
+    }
+
+    fn send(&mut self, event: &Event, data: &[u8]) {
+        protocol::encode(event, data, &mut self.outbuf);
+    }
+
+    fn error(&mut self, id: u64, message: impl Into<String>, errno: Option<i32>) {
+        self.send(
+            &Event::Error {
+                id,
+                message: message.into(),
+                errno,
+            },
+            b"",
+        );
+    }
+
+    fn run(&mut self) -> ! {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            self.flush();
+            self.pump_reads();
+            let (mut pollfds, tags) = self.poll_set();
+            let timeout = self.poll_timeout();
+            // SAFETY: pollfds is a valid array of the given length.
+            let n =
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
+            if n < 0 && faas_confine::errno() != libc::EINTR {
+                eprintln!("faas-agent: {}", os_error("poll"));
+                std::process::exit(1);
+            }
+            for (pfd, tag) in pollfds.iter_mut().zip(tags) {
+                if pfd.revents != 0 {
+                    self.ready(tag, pfd.revents, &mut buf);
+                }
+            }
+            self.check_deadlines();
+        }
+    }
+
+    fn output_room(&self) -> bool {
+        self.outbuf.len() < HIGH_WATER
+    }
+
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Tag>) {
+        let mut fds = Vec::new();
+        let mut tags = Vec::new();
+        let mut add = |fd: RawFd, events: libc::c_short, tag: Tag| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            tags.push(tag);
+        };
+        let mut control_events = 0;
+        if self.output_room() {
+            control_events |= libc::POLLIN;
+        }
+        if !self.outbuf.is_empty() {
+            control_events |= libc::POLLOUT;
+        }
+        add(self.control.as_raw_fd(), control_events, Tag::Control);
+        add(self.sigfd.as_raw_fd(), libc::POLLIN, Tag::Signal);
+        let room = self.output_room();
+        for (id, p) in &self.procs {
+            if room {
+                if let Some(fd) = &p.stdout {
+                    add(
+                        fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tag::ProcOut(*id, Stream::Stdout),
+                    );
+                }
+                if let Some(fd) = &p.stderr {
+                    add(
+                        fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tag::ProcOut(*id, Stream::Stderr),
+                    );
+                }
+            }
+            if let Some(fd) = &p.stdin
+                && (!p.stdin_buf.is_empty() || p.stdin_eof)
+            {
+                add(fd.as_raw_fd(), libc::POLLOUT, Tag::ProcIn(*id));
+            }
+        }
+        for (name, c) in &self.contexts {
+            add(
+                c.reply.as_raw_fd(),
+                libc::POLLIN,
+                Tag::ContextReply(name.clone()),
+            );
+            if room {
+                if let Some(fd) = &c.stdout {
+                    add(
+                        fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tag::ContextOut(name.clone(), Stream::Stdout),
+                    );
+                }
+                if let Some(fd) = &c.stderr {
+                    add(
+                        fd.as_raw_fd(),
+                        libc::POLLIN,
+                        Tag::ContextOut(name.clone(), Stream::Stderr),
+                    );
+                }
+            }
+            if !c.ctl_buf.is_empty() {
+                add(
+                    c.ctl.as_raw_fd(),
+                    libc::POLLOUT,
+                    Tag::ContextIn(name.clone()),
+                );
+            }
+        }
+        for (id, t) in &self.tcp {
+            let mut events = 0;
+            if room && !t.connecting {
+                events |= libc::POLLIN;
+            }
+            if t.connecting || !t.out.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            add(t.sock.as_raw_fd(), events, Tag::Tcp(*id));
+        }
+        (fds, tags)
+    }
+
+    fn poll_timeout(&self) -> i32 {
+        if !self.reads.is_empty() && self.output_room() {
+            return 0;
+        }
+        let now = Instant::now();
+        let deadlines = self.procs.values().filter_map(|p| p.deadline).chain(
+            self.contexts.values().filter_map(|c| {
+                c.running.as_ref().and_then(|r| match r.interrupted_at {
+                    Some(at) => Some(at + INTERRUPT_GRACE),
+                    None => r.deadline,
+                })
+            }),
+        );
+        match deadlines.min() {
+            Some(d) => d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1,
+            None => -1,
+        }
+    }
+
+    /// Sends pending output to the host; exits if the host is gone.
+    fn flush(&mut self) {
+        while !self.outbuf.is_empty() {
+            match write_some(self.control.as_raw_fd(), &self.outbuf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(_) => std::process::exit(0),
+            }
+        }
+    }
+
+    fn ready(&mut self, tag: Tag, revents: libc::c_short, buf: &mut [u8]) {
+        match tag {
+            Tag::Control => {
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.read_control(buf);
+                }
+            }
+            Tag::Signal => self.reap(),
+            Tag::ProcOut(id, stream) => self.read_proc_output(id, stream, buf),
+            Tag::ProcIn(id) => self.write_proc_stdin(id),
+            Tag::ContextReply(name) => self.read_context_reply(&name, buf),
+            Tag::ContextOut(name, stream) => self.read_context_output(&name, stream, buf),
+            Tag::ContextIn(name) => {
+                if let Some(c) = self.contexts.get_mut(&name) {
+                    match write_some(c.ctl.as_raw_fd(), &c.ctl_buf) {
+                        Ok(n) => {
+                            c.ctl_buf.drain(..n);
+                        }
+                        Err(_) => c.ctl_buf.clear(),
+                    }
+                }
+            }
+            Tag::Tcp(id) => self.tcp_ready(id, revents, buf),
+        }
+    }
+
+    fn read_control(&mut self, buf: &mut [u8]) {
+        loop {
+            match read_some(self.control.as_raw_fd(), buf) {
+                Ok(Some(0)) | Err(_) => std::process::exit(0),
+                Ok(Some(n)) => self.inbuf.extend_from_slice(&buf[..n]),
+                Ok(None) => break,
+            }
+        }
+        let mut used = 0;
+        loop {
+            match protocol::decode(&self.inbuf[used..]) {
+                Ok(Some((n, header, data))) => {
+                    let request = serde_json::from_slice::<Request>(header);
+                    let data = data.to_vec();
+                    used += n;
+                    match request {
+                        Ok(request) => self.handle(request, data),
+                        Err(e) => eprintln!("faas-agent: unreadable request: {e}"),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("faas-agent: broken stream from the host: {e:?}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        self.inbuf.drain(..used);
+    }
+
+    fn handle(&mut self, request: Request, data: Vec<u8>) {
+        match request {
+            Request::Exec {
+                id,
+                argv,
+                env,
+                confine,
+                timeout_ms,
+                stdin,
+            } => self.exec(id, &argv, &env, &confine, timeout_ms, stdin),
+            Request::Stdin { id, eof } => {
+                if let Some(p) = self.procs.get_mut(&id) {
+                    p.stdin_buf.extend_from_slice(&data);
+                    p.stdin_eof |= eof;
+                }
+            }
+            Request::Signal { id, signal } => {
+                if let Some(p) = self.procs.get(&id) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(-p.pid, signal);
+                        libc::kill(p.pid, signal);
+                    }
+                }
+            }
+            Request::CloseOutput { id, stream } => {
+                if let Some(p) = self.procs.get_mut(&id) {
+                    match stream {
+                        Stream::Stdout => p.stdout = None,
+                        Stream::Stderr => p.stderr = None,
+                    }
+                }
+            }
+            Request::ContextCreate {
+                id,
+                context,
+                language,
+                env,
+                confine,
+            } => self.context_create(id, context, &language, &env, &confine),
+            Request::ContextRun {
+                id,
+                context,
+                code,
+                timeout_ms,
+            } => self.context_run(id, &context, &code, timeout_ms),
+            Request::ContextDelete { id, context } => {
+                if let Some(c) = self.contexts.remove(&context) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(c.pid, libc::SIGKILL) };
+                }
+                self.send(&Event::Done { id, size: 0 }, b"");
+            }
+            Request::FileRead { id, path } => match File::open(&path) {
+                Ok(file) => {
+                    self.reads.insert(id, (file, 0));
+                }
+                Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
+            },
+            Request::FileWrite {
+                id,
+                path,
+                mode,
+                uid,
+                gid,
+            } => self.file_open_write(id, &path, mode, uid, gid),
+            Request::FileChunk { id } => {
+                if let Some(file) = self.writes.get_mut(&id)
+                    && let Err(e) = file.write_all(&data)
+                {
+                    self.writes.remove(&id);
+                    self.error(id, format!("write: {e}"), e.raw_os_error());
+                }
+            }
+            Request::FileEnd { id } => {
+                if let Some(file) = self.writes.remove(&id) {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.send(&Event::Done { id, size }, b"");
+                }
+            }
+            Request::Connect { id, port } => self.connect(id, port),
+            Request::TcpData { id } => {
+                if let Some(t) = self.tcp.get_mut(&id) {
+                    t.out.extend_from_slice(&data);
+                }
+            }
+            Request::TcpClose { id } => {
+                if let Some(t) = self.tcp.get_mut(&id) {
+                    t.closing = true;
+                    if t.out.is_empty() {
+                        self.tcp.remove(&id);
+                    }
+                }
+            }
+            Request::Ping { id } => self.send(&Event::Pong { id }, b""),
+        }
+    }
+
+    /// Forks a confined process with pipes on 0, 1, 2 and `extra` descriptors on 3, 4, ...
+    /// Returns after the exec succeeded (or with why it did not).
+    fn spawn(
+        &self,
+        argv: &[String],
+        env: &[String],
+        confine: &Confine,
+        extra: &[RawFd],
+    ) -> Result<(i32, OwnedFd, OwnedFd, OwnedFd), StartError> {
+        let fail = |stage: &str, errno: i32| StartError {
+            stage: stage.into(),
+            errno,
+        };
+        if argv.is_empty() {
+            return Err(fail("exec", libc::EINVAL));
+        }
+        let (stdin_r, stdin_w) = pipe().map_err(|e| fail("pipe", e))?;
+        let (stdout_r, stdout_w) = pipe().map_err(|e| fail("pipe", e))?;
+        let (stderr_r, stderr_w) = pipe().map_err(|e| fail("pipe", e))?;
+        let (status_r, status_w) = pipe().map_err(|e| fail("pipe", e))?;
+        let confinement = Confinement {
+            uid: confine.uid,
+            gid: confine.gid,
+            workdir: confine.workdir.clone(),
+            max_file_bytes: confine.max_file_bytes,
+            max_open_files: confine.max_open_files,
+        };
+        let mut sources = vec![
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+        ];
+        sources.extend_from_slice(extra);
+        let status_fd = sources.len() as i32;
+        // SAFETY: the agent is single-threaded, so the child of this fork is consistent; it
+        // only arranges descriptors, confines itself and execs (or reports and exits).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(fail("fork", faas_confine::errno()));
+        }
+        if pid == 0 {
+            // SAFETY (child): descriptor shuffling on our own table, then exec or _exit.
+            unsafe {
+                let mut high = Vec::with_capacity(sources.len() + 1);
+                for fd in sources.iter().chain([&status_w.as_raw_fd()]) {
+                    high.push(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100));
+                }
+                for (target, fd) in high.iter().enumerate() {
+                    libc::dup2(*fd, target as i32);
+                }
+                libc::fcntl(status_fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                libc::syscall(libc::SYS_close_range, status_fd as u32 + 1, u32::MAX, 0u32);
+                // The agent is immune to the OOM killer (see Agent::new); its children are not.
+                let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+                let workdir = std::path::Path::new(&confinement.workdir);
+                let failure =
+                    match faas_confine::mkdir_owned(workdir, confinement.uid, confinement.gid)
+                        .and_then(|()| {
+                            faas_confine::confine(&self.filters, self.last_cap, &confinement)
+                        }) {
+                        Ok(()) => faas_confine::exec(argv, env),
+                        Err(f) => f,
+                    };
+                let line = format!("{} {}", failure.stage, failure.errno);
+                libc::write(status_fd, line.as_ptr().cast(), line.len());
+                libc::_exit(127);
+            }
+        }
+        drop((stdin_r, stdout_w, stderr_w, status_w));
+        // The child closes its end by exec (close-on-exec) or writes why it could not.
+        let mut report = String::new();
+        let _ = File::from(status_r).read_to_string(&mut report);
+        if let Some((stage, errno)) = report.split_once(' ') {
+            let mut status = 0;
+            // SAFETY: reaping the child that just failed.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return Err(fail(stage, errno.trim().parse().unwrap_or(libc::EIO)));
+        }
+        for fd in [&stdin_w, &stdout_r, &stderr_r] {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        Ok((pid, stdin_w, stdout_r, stderr_r))
+    }
+
+    fn exec(
+        &mut self,
+        id: u64,
+        argv: &[String],
+        env: &[String],
+        confine: &Confine,
+        timeout_ms: Option<u64>,
+        stdin: bool,
+    ) {
+        match self.spawn(argv, env, confine, &[]) {
+            Ok((pid, stdin_w, stdout, stderr)) => {
+                self.by_pid.insert(pid, id);
+                self.procs.insert(
+                    id,
+                    Proc {
+                        pid,
+                        stdout: Some(stdout),
+                        stderr: Some(stderr),
+                        stdin: stdin.then_some(stdin_w),
+                        stdin_buf: Vec::new(),
+                        stdin_eof: false,
+                        deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                        timed_out: false,
+                    },
+                );
+                self.send(&Event::Started { id, pid }, b"");
+            }
+            Err(start_error) => self.send(
+                &Event::Exit {
+                    id,
+                    exit_code: None,
+                    signal: None,
+                    timed_out: false,
+                    start_error: Some(start_error),
+                },
+                b"",
+            ),
+        }
+    }
+
+    fn read_proc_output(&mut self, id: u64, stream: Stream, buf: &mut [u8]) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let slot = match stream {
+            Stream::Stdout => &mut p.stdout,
+            Stream::Stderr => &mut p.stderr,
+        };
+        let Some(fd) = slot else { return };
+        match read_some(fd.as_raw_fd(), buf) {
+            Ok(Some(0)) | Err(_) => *slot = None,
+            Ok(Some(n)) => {
+                let data = buf[..n].to_vec();
+                self.send(&Event::Output { id, stream }, &data);
+            }
+            Ok(None) => {}
+        }
+    }
+
+    fn write_proc_stdin(&mut self, id: u64) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(fd) = &p.stdin else { return };
+        if !p.stdin_buf.is_empty() {
+            match write_some(fd.as_raw_fd(), &p.stdin_buf) {
+                Ok(n) => {
+                    p.stdin_buf.drain(..n);
+                }
+                Err(_) => {
+                    p.stdin_buf.clear();
+                    p.stdin = None;
+                    return;
+                }
+            }
+        }
+        if p.stdin_buf.is_empty() && p.stdin_eof {
+            p.stdin = None;
+        }
+    }
+
+    /// Reaps every exited child: ends its exec or context, or just collects an orphan.
+    fn reap(&mut self) {
+        let mut info = [0u8; 128];
+        while let Ok(Some(n)) = read_some(self.sigfd.as_raw_fd(), &mut info) {
+            if n == 0 {
+                break;
+            }
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our children without blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            let (code, signal) = if libc::WIFEXITED(status) {
+                (Some(libc::WEXITSTATUS(status)), None)
+            } else {
+                (None, Some(libc::WTERMSIG(status)))
+            };
+            if let Some(id) = self.by_pid.remove(&pid) {
+                self.finish_proc(id, code, signal);
+            } else if let Some(name) = self
+                .contexts
+                .iter()
+                .find(|(_, c)| c.pid == pid)
+                .map(|(n, _)| n.clone())
+            {
+                self.context_died(&name, code, signal);
+            }
+        }
+    }
+
+    /// The process exited: forward what is left in its pipes, then report the exit.
+    fn finish_proc(&mut self, id: u64, exit_code: Option<i32>, signal: Option<i32>) {
+        let Some(mut p) = self.procs.remove(&id) else {
+            return;
+        };
+        let mut buf = vec![0u8; CHUNK];
+        for (stream, slot) in [
+            (Stream::Stdout, p.stdout.take()),
+            (Stream::Stderr, p.stderr.take()),
+        ] {
+            if let Some(fd) = slot {
+                while let Ok(Some(n)) = read_some(fd.as_raw_fd(), &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let data = buf[..n].to_vec();
+                    self.send(&Event::Output { id, stream }, &data);
+                }
+            }
+        }
+        self.send(
+            &Event::Exit {
+                id,
+                exit_code,
+                signal,
+                timed_out: p.timed_out,
+                start_error: None,
+            },
+            b"",
+        );
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        for p in self.procs.values_mut() {
+            if p.deadline.is_some_and(|d| d <= now) && !p.timed_out {
+                p.timed_out = true;
+                p.deadline = None;
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(-p.pid, libc::SIGKILL);
+                    libc::kill(p.pid, libc::SIGKILL);
+                }
+            }
+        }
+        for c in self.contexts.values_mut() {
+            let Some(run) = &mut c.running else { continue };
+            match run.interrupted_at {
+                None if run.deadline.is_some_and(|d| d <= now) => {
+                    run.timed_out = true;
+                    run.interrupted_at = Some(now);
+                    // SAFETY: as above.
+                    unsafe { libc::kill(c.pid, libc::SIGINT) };
+                }
+                Some(at) if at + INTERRUPT_GRACE <= now => {
+                    // SAFETY: as above. The context is lost; reaping reports it.
+                    unsafe { libc::kill(c.pid, libc::SIGKILL) };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn context_create(
+        &mut self,
+        id: u64,
+        name: String,
+        language: &str,
+        env: &[String],
+        confine: &Confine,
+    ) {
+        if self.contexts.contains_key(&name) {
+            return self.error(id, format!("context {name} exists"), None);
+        }
+        let argv: Vec<String> = match language {
+            "python" => vec![
+                "python3".into(),
+                "-u".into(),
+                "-c".into(),
+                PYTHON_DRIVER.into(),
+            ],
+            "javascript" => vec!["node".into(), "-e".into(), NODE_DRIVER.into()],
+            other => return self.error(id, format!("no context for language {other}"), None),
+        };
+        let (ctl_r, ctl_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => return self.error(id, "pipe", Some(e)),
+        };
+        let (reply_r, reply_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => return self.error(id, "pipe", Some(e)),
+        };
+        match self.spawn(
+            &argv,
+            env,
+            confine,
+            &[ctl_r.as_raw_fd(), reply_w.as_raw_fd()],
+        ) {
+            Ok((pid, _stdin, stdout, stderr)) => {
+                drop((ctl_r, reply_w));
+                set_nonblocking(ctl_w.as_raw_fd());
+                set_nonblocking(reply_r.as_raw_fd());
+                self.contexts.insert(
+                    name,
+                    Context {
+                        pid,
+                        ctl: ctl_w,
+                        ctl_buf: Vec::new(),
+                        reply: reply_r,
+                        reply_buf: Vec::new(),
+                        stdout: Some(stdout),
+                        stderr: Some(stderr),
+                        creating: Some(id),
+                        running: None,
+                    },
+                );
+            }
+            Err(e) => self.error(
+                id,
+                format!("starting the interpreter: {}", e.stage),
+                Some(e.errno),
+            ),
+        }
+    }
+
+    fn context_run(&mut self, id: u64, name: &str, code: &str, timeout_ms: Option<u64>) {
+        let Some(c) = self.contexts.get_mut(name) else {
+            return self.error(id, format!("no context {name}"), None);
+        };
+        if c.creating.is_some() || c.running.is_some() {
+            return self.error(id, format!("context {name} is busy"), None);
+        }
+        let mut line = serde_json::to_vec(&serde_json::json!({ "code": code })).unwrap_or_default();
+        line.push(b'\n');
+        c.ctl_buf.extend_from_slice(&line);
+        c.running = Some(Run {
+            id,
+            deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            interrupted_at: None,
+            timed_out: false,
+        });
+    }
+
+    fn read_context_output(&mut self, name: &str, stream: Stream, buf: &mut [u8]) {
+        let Some(c) = self.contexts.get_mut(name) else {
+            return;
+        };
+        let slot = match stream {
+            Stream::Stdout => &mut c.stdout,
+            Stream::Stderr => &mut c.stderr,
+        };
+        let Some(fd) = slot else { return };
+        match read_some(fd.as_raw_fd(), buf) {
+            Ok(Some(0)) | Err(_) => *slot = None,
+            Ok(Some(n)) => {
+                // Output between runs (a thread still printing) belongs to no one.
+                if let Some(run) = &c.running {
+                    let (id, data) = (run.id, buf[..n].to_vec());
+                    self.send(&Event::Output { id, stream }, &data);
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+
+    /// Drains a context's output pipes into the current run (its reply has arrived, so
+    /// everything it printed is already in them).
+    fn drain_context(&mut self, name: &str) {
+        let mut buf = vec![0u8; CHUNK];
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            loop {
+                let Some(c) = self.contexts.get_mut(name) else {
+                    return;
+                };
+                let slot = match stream {
+                    Stream::Stdout => &c.stdout,
+                    Stream::Stderr => &c.stderr,
+                };
+                let Some(fd) = slot else { break };
+                match read_some(fd.as_raw_fd(), &mut buf) {
+                    Ok(Some(n)) if n > 0 => {
+                        if let Some(run) = &c.running {
+                            let (id, data) = (run.id, buf[..n].to_vec());
+                            self.send(&Event::Output { id, stream }, &data);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    fn read_context_reply(&mut self, name: &str, buf: &mut [u8]) {
+        let Some(c) = self.contexts.get_mut(name) else {
+            return;
+        };
+        match read_some(c.reply.as_raw_fd(), buf) {
+            Ok(Some(n)) if n > 0 => c.reply_buf.extend_from_slice(&buf[..n]),
+            // EOF: the interpreter is exiting; reaping reports it.
+            _ => return,
+        }
+        while let Some(pos) = self
+            .contexts
+            .get(name)
+            .and_then(|c| c.reply_buf.iter().position(|b| *b == b'\n'))
+        {
+            let Some(c) = self.contexts.get_mut(name) else {
+                return;
+            };
+            let line: Vec<u8> = c.reply_buf.drain(..=pos).collect();
+            let reply: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+            if reply.get("ready").is_some() {
+                if let Some(id) = c.creating.take() {
+                    self.send(&Event::ContextReady { id }, b"");
+                }
+                continue;
+            }
+            self.drain_context(name);
+            let Some(c) = self.contexts.get_mut(name) else {
+                return;
+            };
+            let Some(run) = c.running.take() else {
+                continue;
+            };
+            let exit_code = reply.get("exit_code").and_then(|v| v.as_i64()).unwrap_or(1) as i32;
+            self.send(
+                &Event::Exit {
+                    id: run.id,
+                    exit_code: Some(exit_code),
+                    signal: None,
+                    timed_out: run.timed_out,
+                    start_error: None,
+                },
+                b"",
+            );
+        }
+    }
+
+    fn context_died(&mut self, name: &str, exit_code: Option<i32>, signal: Option<i32>) {
+        self.drain_context(name);
+        let Some(c) = self.contexts.remove(name) else {
+            return;
+        };
+        if let Some(id) = c.creating {
+            self.error(
+                id,
+                format!("the interpreter exited ({exit_code:?}, signal {signal:?})"),
+                None,
+            );
+        }
+        if let Some(run) = c.running {
+            self.send(
+                &Event::Exit {
+                    id: run.id,
+                    exit_code,
+                    signal,
+                    timed_out: run.timed_out,
+                    start_error: None,
+                },
+                b"",
+            );
+        }
+    }
+
+    /// Streams file reads a chunk at a time while the host keeps up.
+    fn pump_reads(&mut self) {
+        let ids: Vec<u64> = self.reads.keys().copied().collect();
+        let mut buf = vec![0u8; CHUNK];
+        for id in ids {
+            while self.output_room() {
+                let Some((file, total)) = self.reads.get_mut(&id) else {
+                    break;
+                };
+                match file.read(&mut buf) {
+                    Ok(0) => {
+                        let size = *total;
+                        self.reads.remove(&id);
+                        self.send(&Event::Done { id, size }, b"");
+                        break;
+                    }
+                    Ok(n) => {
+                        *total += n as u64;
+                        let data = buf[..n].to_vec();
+                        self.send(&Event::FileData { id }, &data);
+                    }
+                    Err(e) => {
+                        self.reads.remove(&id);
+                        self.error(id, format!("read: {e}"), e.raw_os_error());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn file_open_write(&mut self, id: u64, path: &str, mode: u32, uid: u32, gid: u32) {
+        let path = std::path::Path::new(path);
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return self.error(id, format!("{}: {e}", parent.display()), e.raw_os_error());
+            }
+            let mut dir = parent;
+            while !dir.as_os_str().is_empty() && dir != std::path::Path::new("/") {
+                let _ = std::os::unix::fs::chown(dir, Some(uid), Some(gid));
+                if dir
+                    .parent()
+                    .is_some_and(|p| p.exists() && p.metadata().map(|m| m.uid()).ok() != Some(uid))
+                {
+                    break;
+                }
+                dir = dir.parent().unwrap_or(std::path::Path::new("/"));
+            }
+        }
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        match opened {
+            Ok(file) => {
+                let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+                self.writes.insert(id, file);
+            }
+            Err(e) => self.error(id, format!("{}: {e}", path.display()), e.raw_os_error()),
+        }
+    }
+
+    fn connect(&mut self, id: u64, port: u16) {
+        // SAFETY: a non-blocking socket and a connect to a stack-allocated sockaddr_in.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            );
+            if fd < 0 {
+                return self.error(id, os_error("socket"), Some(faas_confine::errno()));
+            }
+            let sock = OwnedFd::from_raw_fd(fd);
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::connect(
+                fd,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let errno = faas_confine::errno();
+            if rc < 0 && errno != libc::EINPROGRESS {
+                return self.error(
+                    id,
+                    format!(
+                        "connect to port {port}: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                    Some(errno),
+                );
+            }
+            self.tcp.insert(
+                id,
+                Tcp {
+                    sock,
+                    connecting: rc < 0,
+                    out: Vec::new(),
+                    closing: false,
+                },
+            );
+            if rc == 0 {
+                self.send(&Event::Connected { id }, b"");
+            }
+        }
+    }
+
+    fn tcp_ready(&mut self, id: u64, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(t) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        let fd = t.sock.as_raw_fd();
+        if t.connecting {
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a correctly sized int.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            if err != 0 {
+                self.tcp.remove(&id);
+                let message = format!("connect: {}", std::io::Error::from_raw_os_error(err));
+                return self.error(id, message, Some(err));
+            }
+            t.connecting = false;
+            self.send(&Event::Connected { id }, b"");
+            return;
+        }
+        if revents & libc::POLLOUT != 0 && !t.out.is_empty() {
+            match write_some(fd, &t.out) {
+                Ok(n) => {
+                    t.out.drain(..n);
+                }
+                Err(_) => {
+                    self.tcp.remove(&id);
+                    return self.send(&Event::TcpClosed { id }, b"");
+                }
+            }
+            if t.out.is_empty() && t.closing {
+                self.tcp.remove(&id);
+                return;
+            }
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            match read_some(fd, buf) {
+                Ok(Some(0)) | Err(_) => {
+                    self.tcp.remove(&id);
+                    self.send(&Event::TcpClosed { id }, b"");
+                }
+                Ok(Some(n)) => {
+                    let data = buf[..n].to_vec();
+                    self.send(&Event::TcpData { id }, &data);
+                }
+                Ok(None) => {}
+            }
+        }
+    }
+}
+
+use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,456 @@
+//! Long-lived sandboxes: PID 1 is the agent, and work happens through it. Warm pools,
+//! language contexts and (later) persistent instances are built on these.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faas_agent::protocol::{Confine, Event, Request, Stream};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::agent::{AgentClient, AgentError, Message};
+use crate::cgroup::{Cgroup, CgroupUsage, Limits};
+use crate::run::{
+    Capture, RunEnd, RunError, RunIo, RunOutcome, Sandboxes, cancelled, kill, pipe_pair,
+    setup_failure, wait_exit,
+};
+use crate::spec::LaunchSpec;
+
+/// Extra time the host allows past a run's own timeout before it kills the whole sandbox
+/// (the agent enforces the timeout; this is the net under it).
+const AGENT_SLACK: Duration = Duration::from_secs(5);
+
+/// A command for the agent to run.
+#[derive(Debug)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub confine: Confine,
+    pub timeout: Duration,
+    pub io: RunIo,
+}
+
+/// A sandbox whose PID 1 is the agent. Dropping it kills the sandbox; [`destroy`] also
+/// waits for it to be gone and removes its cgroup.
+///
+/// [`destroy`]: AgentSandbox::destroy
+pub struct AgentSandbox {
+    id: String,
+    sandboxes: Arc<Sandboxes>,
+    cgroup: Option<Cgroup>,
+    pidfd: Arc<OwnedFd>,
+    agent: Arc<AgentClient>,
+    pub created_at: Instant,
+    pub limits: Limits,
+    uses: std::sync::atomic::AtomicU64,
+}
+
+impl Sandboxes {
+    /// Starts a sandbox with the agent as PID 1 and waits until the agent answers.
+    pub async fn start_agent(
+        self: &Arc<Self>,
+        id: String,
+        spec: LaunchSpec,
+        limits: Limits,
+    ) -> Result<AgentSandbox, RunError> {
+        debug_assert!(spec.agent.is_some(), "start_agent needs spec.agent");
+        let cgroup = self.cgroups().create(&id, &limits)?;
+        match self.launch_agent(&id, &spec, &cgroup).await {
+            Ok((pidfd, agent)) => Ok(AgentSandbox {
+                id,
+                sandboxes: Arc::clone(self),
+                cgroup: Some(cgroup),
+                pidfd,
+                agent: Arc::new(agent),
+                created_at: Instant::now(),
+                limits,
+                uses: std::sync::atomic::AtomicU64::new(0),
+            }),
+            Err(e) => {
+                let pidfd = self
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Some(pidfd) = pidfd {
+                    kill(pidfd.as_raw_fd());
+                    let _ = wait_exit(&pidfd).await;
+                }
+                cgroup.kill_all();
+                let _ = cgroup.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_agent(
+        &self,
+        id: &str,
+        spec: &LaunchSpec,
+        cgroup: &Cgroup,
+    ) -> Result<(Arc<OwnedFd>, AgentClient), RunError> {
+        let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
+        let (status_r, status_w) = pipe_pair()?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| RunError::Io(e.into()))?;
+        // The agent's own stdout and stderr go to the server's stderr (its log).
+        let fds = vec![
+            devnull.as_raw_fd(),
+            2,
+            2,
+            status_w.as_raw_fd(),
+            theirs.as_raw_fd(),
+        ];
+        let launched = self.launch(id, spec, cgroup, fds, false).await?;
+        drop((status_w, theirs, devnull));
+        // EOF on the status pipe: PID 1 exec'd the agent (or wrote why it could not).
+        let mut status = String::new();
+        let mut rx = pipe::Receiver::from_owned_fd(status_r).map_err(RunError::Io)?;
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), rx.read_to_string(&mut status)).await;
+        if let Some(failure) = setup_failure(&status) {
+            return Err(failure);
+        }
+        if !matches!(read, Ok(Ok(_))) {
+            return Err(RunError::Setup {
+                stage: "agent start".into(),
+                errno: libc::ETIMEDOUT,
+            });
+        }
+        let agent = AgentClient::connect(ours).await?;
+        Ok((launched.pidfd, agent))
+    }
+}
+
+impl AgentSandbox {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the sandbox can still take work.
+    pub fn is_alive(&self) -> bool {
+        self.agent.is_connected()
+    }
+
+    pub fn usage(&self) -> CgroupUsage {
+        self.cgroup.as_ref().map(Cgroup::usage).unwrap_or_default()
+    }
+
+    /// How many commands and context runs this sandbox has served.
+    pub fn uses(&self) -> u64 {
+        self.uses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs a command and collects its result, streaming output to `io.sink` on the way.
+    pub async fn exec(&self, req: ExecRequest) -> Result<RunOutcome, RunError> {
+        self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (id, mut rx) = self.agent.subscribe();
+        let result = self.exec_inner(id, &mut rx, req).await;
+        self.agent.unsubscribe(id);
+        result
+    }
+
+    async fn exec_inner(
+        &self,
+        id: u64,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+        mut req: ExecRequest,
+    ) -> Result<RunOutcome, RunError> {
+        let before = self.begin_measure();
+        let timeout_ms = req.timeout.as_millis() as u64;
+        let has_stdin = !req.io.stdin.is_empty() || req.io.stdin_stream.is_some();
+        let exec = Request::Exec {
+            id,
+            argv: req.argv,
+            env: req.env,
+            confine: req.confine,
+            timeout_ms: Some(timeout_ms),
+            stdin: has_stdin,
+        };
+        let started = Instant::now();
+        self.agent.send(&exec, &[]).await?;
+        if has_stdin {
+            self.feed_stdin(
+                id,
+                std::mem::take(&mut req.io.stdin),
+                req.io.stdin_stream.take(),
+            );
+        }
+        self.collect(id, rx, started, req.timeout, req.io, before)
+            .await
+    }
+
+    /// Sends stdin on a task of its own: it may arrive long after the process started.
+    fn feed_stdin(
+        &self,
+        id: u64,
+        first: Vec<u8>,
+        stream: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+    ) {
+        let agent = Arc::clone(&self.agent);
+        tokio::spawn(async move {
+            if !first.is_empty() {
+                let eof = stream.is_none();
+                if agent
+                    .send(&Request::Stdin { id, eof }, &first)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if eof {
+                    return;
+                }
+            }
+            if let Some(mut stream) = stream {
+                while let Some(chunk) = stream.recv().await {
+                    if agent
+                        .send(&Request::Stdin { id, eof: false }, &chunk)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            let _ = agent.send(&Request::Stdin { id, eof: true }, &[]).await;
+        });
+    }
+
+    fn begin_measure(&self) -> CgroupUsage {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.reset_peak();
+        }
+        self.usage()
+    }
+
+    async fn collect(
+        &self,
+        id: u64,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+        started: Instant,
+        timeout: Duration,
+        io: RunIo,
+        before: CgroupUsage,
+    ) -> Result<RunOutcome, RunError> {
+        let RunIo {
+            sink,
+            output_limit,
+            mut cancel,
+            ..
+        } = io;
+        let mut stdout = Capture::new(Stream::Stdout, output_limit);
+        let mut stderr = Capture::new(Stream::Stderr, output_limit);
+        let deadline = tokio::time::Instant::from_std(started + timeout + AGENT_SLACK);
+        let mut killed = false;
+        let end = loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+                _ = cancelled(&mut cancel), if !killed => {
+                    killed = true;
+                    let _ = self.agent.send(&Request::Signal { id, signal: libc::SIGKILL }, &[]).await;
+                    continue;
+                }
+            };
+            let message = match next {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(RunError::Agent(AgentError::Gone)),
+                Err(_) => {
+                    // The agent missed its own deadline: the sandbox is not trustworthy.
+                    kill(self.pidfd.as_raw_fd());
+                    break RunEnd::TimedOut;
+                }
+            };
+            match message.event {
+                Event::Output { stream, .. } => {
+                    let capture = if stream == Stream::Stdout {
+                        &mut stdout
+                    } else {
+                        &mut stderr
+                    };
+                    if !capture.push(&message.data, sink.as_ref()) {
+                        let _ = self
+                            .agent
+                            .send(&Request::CloseOutput { id, stream }, &[])
+                            .await;
+                    }
+                }
+                Event::Exit {
+                    exit_code,
+                    signal,
+                    timed_out,
+                    start_error,
+                    ..
+                } => {
+                    break match (start_error, timed_out, exit_code, signal) {
+                        (Some(e), ..) => RunEnd::NotStarted {
+                            stage: e.stage,
+                            errno: e.errno,
+                        },
+                        (None, true, ..) => RunEnd::TimedOut,
+                        (None, false, Some(code), _) => RunEnd::Exited(code),
+                        (None, false, None, signal) => {
+                            RunEnd::Signaled(signal.unwrap_or(libc::SIGKILL))
+                        }
+                    };
+                }
+                Event::Error { message, errno, .. } => {
+                    return Err(AgentError::Refused { message, errno }.into());
+                }
+                _ => {}
+            }
+        };
+        let wall = started.elapsed();
+        let after = self.usage();
+        Ok(RunOutcome {
+            end,
+            stdout: stdout.data,
+            stderr: stderr.data,
+            stdout_truncated: stdout.truncated,
+            stderr_truncated: stderr.truncated,
+            wall,
+            usage: CgroupUsage {
+                cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+                peak_memory_bytes: after.peak_memory_bytes,
+                oom_kills: after.oom_kills.saturating_sub(before.oom_kills),
+            },
+        })
+    }
+
+    /// Creates or replaces a file inside the sandbox, owned by `uid:gid`.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<u64, RunError> {
+        let (id, mut rx) = self.agent.subscribe();
+        let result = async {
+            self.agent
+                .send(
+                    &Request::FileWrite {
+                        id,
+                        path: path.to_owned(),
+                        mode,
+                        uid,
+                        gid,
+                    },
+                    &[],
+                )
+                .await?;
+            for chunk in content.chunks(faas_agent::protocol::CHUNK) {
+                self.agent.send(&Request::FileChunk { id }, chunk).await?;
+            }
+            self.agent.send(&Request::FileEnd { id }, &[]).await?;
+            match rx.recv().await.ok_or(AgentError::Gone)?.event {
+                Event::Done { size, .. } => Ok(size),
+                Event::Error { message, errno, .. } => {
+                    Err(AgentError::Refused { message, errno }.into())
+                }
+                other => Err(AgentError::Refused {
+                    message: format!("unexpected answer {other:?}"),
+                    errno: None,
+                }
+                .into()),
+            }
+        }
+        .await;
+        self.agent.unsubscribe(id);
+        result
+    }
+
+    /// Starts a language context (a Python or Node interpreter keeping its globals).
+    pub async fn context_create(
+        &self,
+        name: &str,
+        language: &str,
+        env: Vec<String>,
+        confine: Confine,
+    ) -> Result<(), RunError> {
+        let answer = self
+            .agent
+            .call(|id| Request::ContextCreate {
+                id,
+                context: name.to_owned(),
+                language: language.to_owned(),
+                env,
+                confine,
+            })
+            .await?;
+        match answer.event {
+            Event::ContextReady { .. } => Ok(()),
+            other => Err(AgentError::Refused {
+                message: format!("unexpected answer {other:?}"),
+                errno: None,
+            }
+            .into()),
+        }
+    }
+
+    /// Runs code in a context: a result like a process's, exit code 1 on an exception.
+    pub async fn context_run(
+        &self,
+        name: &str,
+        code: String,
+        timeout: Duration,
+        io: RunIo,
+    ) -> Result<RunOutcome, RunError> {
+        self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (id, mut rx) = self.agent.subscribe();
+        let before = self.begin_measure();
+        let started = Instant::now();
+        let request = Request::ContextRun {
+            id,
+            context: name.to_owned(),
+            code,
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        let result = match self.agent.send(&request, &[]).await {
+            Ok(()) => {
+                self.collect(id, &mut rx, started, timeout, io, before)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        self.agent.unsubscribe(id);
+        result
+    }
+
+    /// Kills the sandbox, waits until it is gone and removes its cgroup.
+    pub async fn destroy(mut self) -> Result<(), RunError> {
+        kill(self.pidfd.as_raw_fd());
+        let waited = wait_exit(&self.pidfd).await;
+        self.sandboxes.unregister(&self.id);
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await?;
+        }
+        waited
+    }
+}
+
+impl Drop for AgentSandbox {
+    fn drop(&mut self) {
+        // Dropped without destroy(): kill it and clean up in the background.
+        let Some(cgroup) = self.cgroup.take() else {
+            return;
+        };
+        kill(self.pidfd.as_raw_fd());
+        self.sandboxes.unregister(&self.id);
+        let pidfd = Arc::clone(&self.pidfd);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = wait_exit(&pidfd).await;
+                let _ = cgroup.remove().await;
+            });
+        }
+    }
+}
