@@ -5,8 +5,11 @@ mod common;
 use common::{ADMIN_KEY, Server};
 use serde_json::{Value, json};
 
+/// What must hold of a result.
+type Check = fn(&Value) -> bool;
+
 /// The foundation's matrix: each request, and what must hold of its result.
-fn matrix() -> Vec<(Value, fn(&Value) -> bool)> {
+fn matrix() -> Vec<(Value, Check)> {
     vec![
         (json!({"command": "echo out; echo err >&2; exit 3"}), |r| {
             r["stdout"] == "out\n"
