@@ -27,6 +27,15 @@ struct Args {
     /// The faas binary to benchmark.
     #[arg(long, default_value = "target/release/faas")]
     faas: PathBuf,
+    /// Which benchmarks: ephemeral, cached, or all.
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Seconds of the throughput run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent keep-alive connections of the throughput run.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
 }
 
 struct Stats {
@@ -120,6 +129,19 @@ async fn http_workload(
     body: Value,
     args: &Args,
 ) -> anyhow::Result<Stats> {
+    http_workload_paced(client, server, name, body, args, Duration::ZERO).await
+}
+
+/// Like `http_workload`, with a pause between calls (outside the measured time) so that a
+/// fresh-per-call pool can refill, as it does at any rate below its refill rate.
+async fn http_workload_paced(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    body: Value,
+    args: &Args,
+    pause: Duration,
+) -> anyhow::Result<Stats> {
     let url = format!("{}/api/v1/execute", server.url);
     let body = body.to_string();
     let mut samples = Vec::with_capacity(args.runs);
@@ -139,6 +161,9 @@ async fn http_workload(
         }
         if i >= args.warmup {
             samples.push(elapsed.as_secs_f64() * 1000.0);
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
     Ok(Stats {
@@ -202,59 +227,12 @@ fn bwrap_argv(command: &[&'static str]) -> Vec<&'static str> {
     argv
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let server = Server::start(&args.faas)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let true_argv = ["/usr/bin/true"];
-    let python_argv = ["/usr/bin/python3", "-c", "pass"];
-
-    let mut rows = Vec::new();
-    // Interleave each command's workloads so drifts in machine load hit all of them alike.
-    for (command, label) in [
-        (&true_argv[..], "true"),
-        (&python_argv[..], "python3 -c pass"),
-    ] {
-        let body = json!({"command": command});
-        rows.push(runtime.block_on(http_workload(
-            &client,
-            &server,
-            &format!("faas ephemeral `{label}` (HTTP)"),
-            body,
-            &args,
-        ))?);
-        rows.push(process_workload(
-            &format!("bubblewrap `{label}`"),
-            &bwrap_argv(command),
-            &args,
-        )?);
-        rows.push(process_workload(
-            &format!("host fork/exec `{label}`"),
-            command,
-            &args,
-        )?);
-    }
-
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!(
-        "faas-bench: {} runs each after {} warm-up, kernel {}, {cores} cores\n",
-        args.runs,
-        args.warmup,
-        kernel.trim()
-    );
-    println!("| workload | p50 ms | p99 ms | mean ms | p50 vs bubblewrap |");
+fn print_table(title: &str, rows: &[Stats], reference: usize) {
+    println!("\n{title}\n");
+    println!("| workload | p50 ms | p99 ms | mean ms | p50 vs reference |");
     println!("|---|---:|---:|---:|---:|");
-    for chunk in rows.chunks(3) {
-        let bwrap_p50 = chunk[1].percentile(50.0);
+    for chunk in rows.chunks(reference.max(1)) {
+        let base = chunk[0].percentile(50.0);
         for s in chunk {
             let mean = s.samples.iter().sum::<f64>() / s.samples.len() as f64;
             println!(
@@ -263,9 +241,220 @@ fn main() -> anyhow::Result<()> {
                 s.percentile(50.0),
                 s.percentile(99.0),
                 mean,
-                s.percentile(50.0) / bwrap_p50
+                s.percentile(50.0) / base
             );
         }
+    }
+}
+
+fn ephemeral(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let true_argv = ["/usr/bin/true"];
+    let python_argv = ["/usr/bin/python3", "-c", "pass"];
+    let mut rows = Vec::new();
+    // Interleave each command's workloads so drifts in machine load hit all of them alike.
+    for (command, label) in [
+        (&true_argv[..], "true"),
+        (&python_argv[..], "python3 -c pass"),
+    ] {
+        rows.push(process_workload(
+            &format!("bubblewrap `{label}`"),
+            &bwrap_argv(command),
+            args,
+        )?);
+        let body = json!({"command": command});
+        rows.push(runtime.block_on(http_workload(
+            client,
+            server,
+            &format!("faas ephemeral `{label}` (HTTP)"),
+            body,
+            args,
+        ))?);
+        rows.push(process_workload(
+            &format!("host fork/exec `{label}`"),
+            command,
+            args,
+        )?);
+    }
+    print_table("Ephemeral (reference: bubblewrap, same command)", &rows, 3);
+    Ok(())
+}
+
+fn cached(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let true_argv = ["/usr/bin/true"];
+    let python_argv = ["/usr/bin/python3", "-c", "pass"];
+    runtime.block_on(async {
+        let prewarm = client
+            .post(format!("{}/api/v1/prewarm", server.url))
+            .bearer_auth(ADMIN_KEY)
+            .body(json!({"count": 4}).to_string())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            prewarm.status().is_success(),
+            "prewarm: {}",
+            prewarm.text().await?
+        );
+        Ok(())
+    })?;
+    let mut rows = Vec::new();
+    for (command, label) in [
+        (&true_argv[..], "true"),
+        (&python_argv[..], "python3 -c pass"),
+    ] {
+        let name = |what: &str| format!("faas {what} `{label}` (HTTP)");
+        rows.push(runtime.block_on(http_workload(
+            client,
+            server,
+            &name("ephemeral"),
+            json!({"command": command}),
+            args,
+        ))?);
+        let fresh = json!({"command": command, "mode": "cached"});
+        let pause = Duration::from_millis(15);
+        rows.push(runtime.block_on(http_workload_paced(
+            client,
+            server,
+            &name("cached, fresh sandbox"),
+            fresh,
+            args,
+            pause,
+        ))?);
+        let reuse = json!({"command": command, "mode": "cached", "reuse": true});
+        rows.push(runtime.block_on(http_workload(
+            client,
+            server,
+            &name("cached, reuse"),
+            reuse,
+            args,
+        ))?);
+    }
+    print_table("Cached (reference: ephemeral, same command)", &rows, 3);
+    let pools: Value = runtime.block_on(async {
+        client
+            .get(format!("{}/api/v1/pools", server.url))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await?
+            .json()
+            .await
+    })?;
+    for pool in pools["pools"].as_array().into_iter().flatten() {
+        println!(
+            "\npool (reuse key {}): {} hits, {} misses, {} refills, mean start {:.2} ms",
+            pool["reuse_key"],
+            pool["hits"],
+            pool["misses"],
+            pool["refills"],
+            pool["refill_ms_mean"].as_f64().unwrap_or(0.0)
+        );
+    }
+    runtime.block_on(refill_rate(client, server))?;
+    runtime.block_on(throughput(server, args))?;
+    Ok(())
+}
+
+/// How fast a pool fills: prewarm 16 sandboxes of a new pool and time it.
+async fn refill_rate(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{}/api/v1/prewarm", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .body(json!({"count": 16, "memory_mb": 256}).to_string())
+        .send()
+        .await?;
+    let pool: Value = resp.json().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let idle = pool["idle"].as_f64().unwrap_or(0.0);
+    println!(
+        "\npool refill: {idle} sandboxes in {:.0} ms = {:.0} sandboxes/s",
+        elapsed * 1000.0,
+        idle / elapsed
+    );
+    Ok(())
+}
+
+/// Trivial cached calls (`true`, reuse: one warm sandbox per connection) from several
+/// keep-alive connections at once, for a fixed time.
+async fn throughput(server: &Server, args: &Args) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let url = format!("{}/api/v1/execute", server.url);
+        let body = json!({"command": ["/usr/bin/true"], "mode": "cached", "reuse": true, "reuse_key": format!("conn-{c}")}).to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()?;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(ADMIN_KEY)
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if resp.status().is_success() {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
+                let _ = resp.bytes().await?;
+            }
+            anyhow::Ok((ok, failed))
+        }));
+    }
+    let started = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        let (o, f) = task.await??;
+        ok += o;
+        failed += f;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "\nthroughput: {ok} cached `true` calls in {secs:.1} s over {} keep-alive connections = {:.0} calls/s ({failed} failed)",
+        args.connections,
+        ok as f64 / secs
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = Server::start(&args.faas)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "faas-bench: {} runs each after {} warm-up, kernel {}, {cores} cores",
+        args.runs,
+        args.warmup,
+        kernel.trim()
+    );
+    if args.only == "all" || args.only == "ephemeral" {
+        ephemeral(&runtime, &client, &server, &args)?;
+    }
+    if args.only == "all" || args.only == "cached" {
+        cached(&runtime, &client, &server, &args)?;
     }
     Ok(())
 }

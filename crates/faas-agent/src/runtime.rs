@@ -90,8 +90,8 @@ struct Agent {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     sigfd: OwnedFd,
-    filters: Filters,
-    last_cap: u32,
+    /// Scratch space for reads, reused so no loop iteration zeroes a new buffer.
+    scratch: Vec<u8>,
     procs: HashMap<u64, Proc>,
     by_pid: HashMap<i32, u64>,
     contexts: HashMap<String, Context>,
@@ -182,13 +182,18 @@ impl Agent {
         // When the sandbox runs out of memory, the OOM killer must pick the program, never
         // the agent that reports on it.
         let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        // The agent needs none of the syscalls the filters deny, so it runs under them
+        // itself; every process it starts inherits them (and no_new_privs) for free.
+        faas_confine::install(&filters).map_err(|f| format!("seccomp: errno {}", f.errno))?;
+        // Likewise the bounding set: empty it once; the agent keeps its permitted set.
+        faas_confine::drop_bounding_set(faas_confine::last_cap())
+            .map_err(|f| format!("bounding set: errno {}", f.errno))?;
         let mut agent = Self {
             control,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             sigfd,
-            filters,
-            last_cap: faas_confine::last_cap(),
+            scratch: vec![0u8; CHUNK],
             procs: HashMap::new(),
             by_pid: HashMap::new(),
             contexts: HashMap::new(),
@@ -577,9 +582,8 @@ impl Agent {
                 let workdir = std::path::Path::new(&confinement.workdir);
                 let failure =
                     match faas_confine::mkdir_owned(workdir, confinement.uid, confinement.gid)
-                        .and_then(|()| {
-                            faas_confine::confine(&self.filters, self.last_cap, &confinement)
-                        }) {
+                        .and_then(|()| faas_confine::confine(None, None, &confinement))
+                    {
                         Ok(()) => faas_confine::exec(argv, env),
                         Err(f) => f,
                     };
@@ -723,7 +727,7 @@ impl Agent {
         let Some(mut p) = self.procs.remove(&id) else {
             return;
         };
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = std::mem::take(&mut self.scratch);
         for (stream, slot) in [
             (Stream::Stdout, p.stdout.take()),
             (Stream::Stderr, p.stderr.take()),
@@ -738,6 +742,7 @@ impl Agent {
                 }
             }
         }
+        self.scratch = buf;
         self.send(
             &Event::Exit {
                 id,
@@ -984,8 +989,11 @@ impl Agent {
 
     /// Streams file reads a chunk at a time while the host keeps up.
     fn pump_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
         let ids: Vec<u64> = self.reads.keys().copied().collect();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = std::mem::take(&mut self.scratch);
         for id in ids {
             while self.output_room() {
                 let Some((file, total)) = self.reads.get_mut(&id) else {
@@ -1011,6 +1019,7 @@ impl Agent {
                 }
             }
         }
+        self.scratch = buf;
     }
 
     fn file_open_write(&mut self, id: u64, path: &str, mode: u32, uid: u32, gid: u32) {

@@ -25,6 +25,9 @@ pub struct Streams {
     pub cancel: Option<oneshot::Receiver<()>>,
 }
 
+/// How long a run may take before it is recorded as running.
+const RUNNING_RECORD_AFTER: Duration = Duration::from_millis(100);
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -76,13 +79,27 @@ impl Engine {
             output_limit: plan.limits.output_bytes as usize,
             cancel: streams.cancel,
         };
-        // The "running" record is written while the sandbox starts, off the critical path.
+        // A run still going after RUNNING_RECORD_AFTER is recorded as running, so a crash
+        // leaves a `lost` record behind; a quicker one is written once, with its result.
         let run = self.run_plan(tenant, id, plan, io);
-        let (inserted, outcome) =
-            tokio::join!(self.store.insert_execution(&tenant.0, &record), run);
-        inserted?;
+        tokio::pin!(run);
+        let mut recorded = false;
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(RUNNING_RECORD_AFTER) => {
+                let (inserted, outcome) = tokio::join!(self.store.insert_execution(&tenant.0, &record), &mut run);
+                inserted?;
+                recorded = true;
+                outcome
+            }
+        };
         fill_result(&mut record, outcome?);
-        self.store.finish_execution(&record).await?;
+        if recorded {
+            self.store.finish_execution(&record).await?;
+        } else {
+            self.store.insert_execution(&tenant.0, &record).await?;
+        }
         Ok(record)
     }
 

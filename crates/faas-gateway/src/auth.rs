@@ -2,10 +2,11 @@
 //! is high-entropy, so a fast hash is enough and keeps each request cheap). Every request
 //! but `/health` carries one; its tenant owns whatever the request creates.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -87,17 +88,60 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Keys seen recently, so that a request does not cost a store lookup. Revoking through
+/// this server evicts at once; the TTL bounds how long a key revoked elsewhere (another
+/// gateway of a cluster) keeps working.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: RwLock<HashMap<String, (KeyRecord, Instant)>>,
+}
+
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<KeyRecord> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(k, _)| k.clone())
+    }
+
+    fn put(&self, record: KeyRecord) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+        }
+        entries.insert(record.hash.clone(), (record, Instant::now()));
+    }
+
+    pub fn evict(&self, key_id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (k, _)| k.id != key_id);
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = presented_key(parts).ok_or(ApiError::MissingKey)?;
-        let record = state
-            .engine
-            .store()
-            .key_by_hash(&hash_key(key))
-            .await?
-            .ok_or(ApiError::BadKey)?;
+        let hash = hash_key(key);
+        let record = match state.keys.get(&hash) {
+            Some(record) => record,
+            None => {
+                let record = state
+                    .engine
+                    .store()
+                    .key_by_hash(&hash)
+                    .await?
+                    .ok_or(ApiError::BadKey)?;
+                state.keys.put(record.clone());
+                record
+            }
+        };
         if record.revoked {
             return Err(ApiError::BadKey);
         }

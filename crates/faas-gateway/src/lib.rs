@@ -20,6 +20,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub(crate) struct AppState {
     engine: Arc<Engine>,
+    keys: Arc<auth::KeyCache>,
 }
 
 #[derive(Debug, Error)]
@@ -51,6 +52,7 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
     let app = router(
         AppState {
             engine: Arc::clone(&engine),
+            keys: Arc::default(),
         },
         body_limit,
     );

@@ -514,7 +514,7 @@ fn payload(ctx: &Context, spec: &LaunchSpec) -> ! {
         max_file_bytes: spec.max_file_bytes,
         max_open_files: spec.max_open_files,
     };
-    if let Err(f) = faas_confine::confine(&ctx.filters, ctx.last_cap, &confinement) {
+    if let Err(f) = faas_confine::confine(Some(&ctx.filters), Some(ctx.last_cap), &confinement) {
         fail("payload", f);
     }
     fail("payload", faas_confine::exec(&spec.argv, &spec.env))

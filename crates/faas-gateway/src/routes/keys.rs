@@ -82,7 +82,9 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    if state.engine.store().revoke_key(&id, None).await? {
+    let revoked = state.engine.store().revoke_key(&id, None).await?;
+    state.keys.evict(&id);
+    if revoked {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound { kind: "key", id })
