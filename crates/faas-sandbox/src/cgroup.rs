@@ -202,11 +202,7 @@ impl CgroupRoot {
         names.sort();
         names.dedup();
         for name in &names {
-            let cgroup = Cgroup {
-                version: self.version,
-                parents: self.parents.clone(),
-                name: name.clone(),
-            };
+            let cgroup = Cgroup::new(self.version, self.parents.clone(), name.clone());
             cgroup.kill_all();
             cgroup.remove_blocking()?;
         }
@@ -215,11 +211,7 @@ impl CgroupRoot {
 
     /// Creates the cgroup `name` with `limits` applied.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        let cgroup = Cgroup {
-            version: self.version,
-            parents: self.parents.clone(),
-            name: name.to_owned(),
-        };
+        let cgroup = Cgroup::new(self.version, self.parents.clone(), name.to_owned());
         for dir in cgroup.dirs() {
             fs::create_dir(&dir).map_err(io_err(&dir, "create"))?;
         }
@@ -237,9 +229,43 @@ pub struct Cgroup {
     version: CgroupVersion,
     parents: Vec<(&'static str, PathBuf)>,
     name: String,
+    /// The usage files, kept open: a long-lived sandbox reads them around every run.
+    stats: std::sync::OnceLock<Option<StatFiles>>,
+}
+
+#[derive(Debug)]
+struct StatFiles {
+    cpu: File,
+    peak: File,
+    oom: File,
+}
+
+/// Reads a small cgroup file from its start.
+fn pread_text(file: &File) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn key_in(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Cgroup {
+    fn new(version: CgroupVersion, parents: Vec<(&'static str, PathBuf)>, name: String) -> Self {
+        Self {
+            version,
+            parents,
+            name,
+            stats: std::sync::OnceLock::new(),
+        }
+    }
+
     fn dir_of(&self, controller: &str) -> PathBuf {
         let parent = match self.version {
             CgroupVersion::V2 => &self.parents[0].1,
@@ -316,8 +342,53 @@ impl Cgroup {
             .collect()
     }
 
+    fn stat_files(&self) -> Option<&StatFiles> {
+        self.stats
+            .get_or_init(|| {
+                let (cpu, peak, oom) = match self.version {
+                    CgroupVersion::V1 => {
+                        let memory = self.dir_of("memory");
+                        (
+                            self.dir_of("cpuacct").join("cpuacct.usage"),
+                            memory.join("memory.max_usage_in_bytes"),
+                            memory.join("memory.oom_control"),
+                        )
+                    }
+                    CgroupVersion::V2 => {
+                        let dir = self.dir_of("");
+                        (
+                            dir.join("cpu.stat"),
+                            dir.join("memory.peak"),
+                            dir.join("memory.events"),
+                        )
+                    }
+                };
+                Some(StatFiles {
+                    cpu: File::open(cpu).ok()?,
+                    peak: OpenOptions::new().read(true).write(true).open(peak).ok()?,
+                    oom: File::open(oom).ok()?,
+                })
+            })
+            .as_ref()
+    }
+
     /// Reads what the sandbox used. Missing files read as zero rather than failing the run.
     pub fn usage(&self) -> CgroupUsage {
+        if let Some(files) = self.stat_files() {
+            let (cpu, peak, oom) = (
+                pread_text(&files.cpu),
+                pread_text(&files.peak),
+                pread_text(&files.oom),
+            );
+            return CgroupUsage {
+                cpu_ns: match self.version {
+                    CgroupVersion::V1 => cpu.trim().parse().unwrap_or(0),
+                    CgroupVersion::V2 => key_in(&cpu, "usage_usec") * 1000,
+                },
+                peak_memory_bytes: peak.trim().parse().unwrap_or(0),
+                oom_kills: key_in(&oom, "oom_kill"),
+            };
+        }
         match self.version {
             CgroupVersion::V1 => {
                 let memory = self.dir_of("memory");
@@ -341,8 +412,11 @@ impl Cgroup {
     /// Restarts peak-memory tracking, so a long-lived sandbox can report each run's own
     /// peak. cgroup v1 only; on v2 the peak stays the sandbox's since its start.
     pub fn reset_peak(&self) {
-        if self.version == CgroupVersion::V1 {
-            let _ = fs::write(self.dir_of("memory").join("memory.max_usage_in_bytes"), "0");
+        if self.version == CgroupVersion::V1
+            && let Some(files) = self.stat_files()
+        {
+            use std::os::unix::fs::FileExt;
+            let _ = files.peak.write_at(b"0", 0);
         }
     }
 
@@ -359,7 +433,8 @@ impl Cgroup {
     }
 
     /// Removes the cgroup, retrying briefly while dying processes leave it.
-    pub async fn remove(self) -> Result<(), CgroupError> {
+    pub async fn remove(mut self) -> Result<(), CgroupError> {
+        self.stats.take();
         for dir in self.dirs() {
             let mut attempt = 0;
             loop {

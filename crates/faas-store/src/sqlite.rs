@@ -148,11 +148,10 @@ impl Store for SqliteStore {
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>> {
         let hash = hash.to_owned();
         self.with(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
-                [hash],
-                key_from_row,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
+            ))?
+            .query_row([hash], key_from_row)
             .optional()?)
         })
         .await
@@ -203,10 +202,10 @@ impl Store for SqliteStore {
             encode(record),
         );
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO executions (id, tenant, status, created_at_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, tenant, status, created, json],
-            )?;
+            )?
+            .execute(params![id, tenant, status, created, json])?;
             Ok(())
         })
         .await
@@ -215,10 +214,8 @@ impl Store for SqliteStore {
     async fn finish_execution(&self, record: &ExecutionResult) -> Result<()> {
         let (id, status, json) = (record.id.clone(), record.status.as_str(), encode(record));
         self.with(move |c| {
-            c.execute(
-                "UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1",
-                params![id, status, json],
-            )?;
+            c.prepare_cached("UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1")?
+                .execute(params![id, status, json])?;
             Ok(())
         })
         .await
@@ -228,11 +225,8 @@ impl Store for SqliteStore {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         self.with(move |c| {
             let json: Option<String> = c
-                .query_row(
-                    "SELECT result FROM executions WHERE id = ?1 AND tenant = ?2",
-                    params![id, tenant],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT result FROM executions WHERE id = ?1 AND tenant = ?2")?
+                .query_row(params![id, tenant], |r| r.get(0))
                 .optional()?;
             json.map(|j| decode(&id, &j)).transpose()
         })
