@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = "all")]
     only: String,
     /// Seconds of the throughput run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Concurrent keep-alive connections of the throughput run.
     #[arg(long, default_value_t = 8)]
@@ -371,13 +371,13 @@ fn cached(
     Ok(())
 }
 
-/// How fast a pool fills: prewarm 16 sandboxes of a new pool and time it.
+/// How fast a pool fills: prewarm 16 small sandboxes of a new pool and time it.
 async fn refill_rate(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
     let started = Instant::now();
     let resp = client
         .post(format!("{}/api/v1/prewarm", server.url))
         .bearer_auth(ADMIN_KEY)
-        .body(json!({"count": 16, "memory_mb": 256}).to_string())
+        .body(json!({"count": 16, "memory_mb": 64}).to_string())
         .send()
         .await?;
     let pool: Value = resp.json().await?;
