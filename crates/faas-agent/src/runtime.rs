@@ -162,6 +162,10 @@ fn write_some(fd: RawFd, buf: &[u8]) -> Result<usize, i32> {
 
 impl Agent {
     fn new(control: RawFd) -> Result<Self, String> {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if unsafe { libc::fcntl(control, libc::F_GETFD) } < 0 {
+            return Err(format!("no control socket on descriptor {control}"));
+        }
         // SAFETY: the descriptor was handed to us by PID 1's setup; we own it from here.
         let control = unsafe { OwnedFd::from_raw_fd(control) };
         set_nonblocking(control.as_raw_fd());

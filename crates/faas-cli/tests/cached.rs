@@ -268,3 +268,72 @@ async fn a_context_survives_a_timeout_and_belongs_to_its_tenant() {
         .await;
     assert_eq!(gone.status, 404);
 }
+
+#[tokio::test]
+async fn reused_sandboxes_retire_after_max_uses() {
+    require_root!();
+    let server = Server::start_with("[pools]\nmax_uses = 2\n").await;
+    let call = json!({"command": "cat /tmp/mark 2>/dev/null || echo new; echo used > /tmp/mark", "mode": "cached", "reuse": true});
+    let outputs: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(server.exec(call.clone()).await["stdout"].clone());
+        }
+        v
+    };
+    // Two calls per sandbox: new, used, then a new sandbox: new, used.
+    assert_eq!(
+        outputs,
+        vec![
+            json!("new\n"),
+            json!("used\n"),
+            json!("new\n"),
+            json!("used\n")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_memory_budget_caps_idle_sandboxes() {
+    require_root!();
+    let server = Server::start_with("[pools]\nmemory_budget_mb = 200\n").await;
+    let warm = server
+        .post(
+            "/api/v1/prewarm",
+            ADMIN_KEY,
+            json!({"count": 8, "memory_mb": 64}),
+        )
+        .await;
+    assert_eq!(warm.status, 200, "{}", warm.body);
+    assert_eq!(
+        warm.body["idle"], 3,
+        "200 MiB holds three idle 64 MiB sandboxes: {}",
+        warm.body
+    );
+}
+
+#[tokio::test]
+async fn unused_pools_are_emptied() {
+    require_root!();
+    let server = Server::start_with("[pools]\nidle_timeout_secs = 1\n").await;
+    let warm = server
+        .post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 2}))
+        .await;
+    assert_eq!(warm.body["idle"], 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let pools = server.get("/api/v1/pools", ADMIN_KEY).await.body;
+        if pools["pools"] == json!([]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool was never emptied: {pools}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        server.live_cgroups().is_empty(),
+        "evicted sandboxes left cgroups"
+    );
+}

@@ -1,0 +1,338 @@
+//! The agent binary driven over its socket, outside any sandbox (root needed: it confines
+//! the processes it starts). Covers the requests no HTTP route uses yet: file reads, TCP
+//! relays, signals, pings.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use faas_agent::protocol::{self, Confine, Event, Request, Stream};
+
+struct Agent {
+    child: Child,
+    sock: UnixStream,
+    buf: Vec<u8>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Agent {
+    fn start() -> Self {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let theirs = OwnedFd::from(theirs);
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas-agent"));
+        cmd.stdin(Stdio::null());
+        // SAFETY: only dup2 between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let target = faas_agent::runtime::CONTROL_FD;
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                let ok = if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, target)
+                };
+                if ok < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn agent");
+        drop(theirs);
+        ours.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut agent = Self {
+            child,
+            sock: ours,
+            buf: Vec::new(),
+        };
+        assert_eq!(
+            agent.next().0,
+            Event::Hello {
+                version: protocol::VERSION
+            }
+        );
+        agent
+    }
+
+    fn send(&mut self, request: &Request, data: &[u8]) {
+        let mut frame = Vec::new();
+        protocol::encode(request, data, &mut frame);
+        self.sock.write_all(&frame).expect("send");
+    }
+
+    fn next(&mut self) -> (Event, Vec<u8>) {
+        loop {
+            if let Some((used, header, data)) = protocol::decode(&self.buf).expect("valid frame") {
+                let event = serde_json::from_slice(header).expect("event");
+                let data = data.to_vec();
+                self.buf.drain(..used);
+                return (event, data);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.sock.read(&mut chunk).expect("read");
+            assert!(n > 0, "the agent hung up");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn confine(workdir: &str) -> Confine {
+    Confine {
+        uid: 1000,
+        gid: 1000,
+        workdir: workdir.into(),
+        max_file_bytes: 1 << 30,
+        max_open_files: 1024,
+    }
+}
+
+#[test]
+fn files_round_trip_through_the_agent() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("faas-agent-test-{}", std::process::id()));
+    let path = dir.join("nested/data.bin").to_string_lossy().into_owned();
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut agent = Agent::start();
+    agent.send(
+        &Request::FileWrite {
+            id: 1,
+            path: path.clone(),
+            mode: 0o640,
+            uid: 1000,
+            gid: 1000,
+        },
+        &[],
+    );
+    for chunk in content.chunks(protocol::CHUNK) {
+        agent.send(&Request::FileChunk { id: 1 }, chunk);
+    }
+    agent.send(&Request::FileEnd { id: 1 }, &[]);
+    assert_eq!(
+        agent.next().0,
+        Event::Done {
+            id: 1,
+            size: content.len() as u64
+        }
+    );
+    let meta = std::fs::metadata(&path).expect("written");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+    agent.send(
+        &Request::FileRead {
+            id: 2,
+            path: path.clone(),
+        },
+        &[],
+    );
+    let mut read = Vec::new();
+    loop {
+        match agent.next() {
+            (Event::FileData { id: 2 }, data) => read.extend_from_slice(&data),
+            (Event::Done { id: 2, size }, _) => {
+                assert_eq!(size, content.len() as u64);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(read, content);
+    agent.send(
+        &Request::FileRead {
+            id: 3,
+            path: dir.join("missing").to_string_lossy().into_owned(),
+        },
+        &[],
+    );
+    assert!(matches!(
+        agent.next().0,
+        Event::Error {
+            id: 3,
+            errno: Some(libc::ENOENT),
+            ..
+        }
+    ));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn tcp_connections_are_relayed() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).expect("read");
+        conn.write_all(&buf.to_ascii_uppercase()).expect("write");
+    });
+    let mut agent = Agent::start();
+    agent.send(&Request::Connect { id: 1, port }, &[]);
+    assert_eq!(agent.next().0, Event::Connected { id: 1 });
+    agent.send(&Request::TcpData { id: 1 }, b"hello");
+    let mut echoed = Vec::new();
+    while echoed.len() < 5 {
+        match agent.next() {
+            (Event::TcpData { id: 1 }, data) => echoed.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"HELLO");
+    server.join().expect("server");
+    assert_eq!(agent.next().0, Event::TcpClosed { id: 1 });
+    // A closed port is an error, not a hang.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    agent.send(
+        &Request::Connect {
+            id: 2,
+            port: closed,
+        },
+        &[],
+    );
+    assert!(matches!(
+        agent.next().0,
+        Event::Error {
+            id: 2,
+            errno: Some(libc::ECONNREFUSED),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn processes_take_signals_and_report_how_they_ended() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let mut agent = Agent::start();
+    agent.send(&Request::Ping { id: 1 }, &[]);
+    assert_eq!(agent.next().0, Event::Pong { id: 1 });
+    let argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo ready; exec sleep 30".into(),
+    ];
+    let env = vec!["PATH=/usr/bin:/bin".into()];
+    agent.send(
+        &Request::Exec {
+            id: 2,
+            argv,
+            env,
+            confine: confine("/tmp"),
+            timeout_ms: None,
+            stdin: false,
+        },
+        &[],
+    );
+    assert!(matches!(agent.next().0, Event::Started { id: 2, .. }));
+    assert_eq!(
+        agent.next(),
+        (
+            Event::Output {
+                id: 2,
+                stream: Stream::Stdout
+            },
+            b"ready\n".to_vec()
+        )
+    );
+    agent.send(
+        &Request::Signal {
+            id: 2,
+            signal: libc::SIGTERM,
+        },
+        &[],
+    );
+    let (exit, _) = agent.next();
+    assert_eq!(
+        exit,
+        Event::Exit {
+            id: 2,
+            exit_code: None,
+            signal: Some(libc::SIGTERM),
+            timed_out: false,
+            start_error: None
+        }
+    );
+    // A program that is not there never starts, and says why.
+    let argv = vec!["/no/such/program".into()];
+    agent.send(
+        &Request::Exec {
+            id: 3,
+            argv,
+            env: vec![],
+            confine: confine("/tmp"),
+            timeout_ms: None,
+            stdin: false,
+        },
+        &[],
+    );
+    match agent.next().0 {
+        Event::Exit {
+            id: 3,
+            start_error: Some(e),
+            ..
+        } => assert_eq!(e.errno, libc::ENOENT),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The agent's own descriptor never leaks into what it starts.
+    let argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "ls /proc/self/fd | wc -l".into(),
+    ];
+    agent.send(
+        &Request::Exec {
+            id: 4,
+            argv,
+            env: vec![],
+            confine: confine("/tmp"),
+            timeout_ms: Some(5000),
+            stdin: false,
+        },
+        &[],
+    );
+    let mut out = Vec::new();
+    loop {
+        match agent.next() {
+            (Event::Output { id: 4, .. }, data) => out.extend_from_slice(&data),
+            (
+                Event::Exit {
+                    id: 4, exit_code, ..
+                },
+                _,
+            ) => {
+                assert_eq!(exit_code, Some(0));
+                break;
+            }
+            _ => {}
+        }
+    }
+    // 0, 1, 2 and the directory ls reads.
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "4");
+}
