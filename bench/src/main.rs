@@ -81,10 +81,7 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| {
-                format!(
-                    "starting {} (build it with cargo build --release)",
-                    faas.display()
-                )
+                format!("starting {} (build it with cargo build --release)", faas.display())
             })?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut url = None;
@@ -95,26 +92,15 @@ impl Server {
             }
         }
         let url = url.context("the server did not start")?;
-        Ok(Self {
-            child,
-            url,
-            base,
-            parent,
-        })
+        Ok(Self { child, url, base, parent })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-        for entry in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir(entry.path().join(&self.parent));
         }
         let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(&self.parent));
@@ -147,12 +133,7 @@ async fn http_workload_paced(
     let mut samples = Vec::with_capacity(args.runs);
     for i in 0..args.warmup + args.runs {
         let start = Instant::now();
-        let resp = client
-            .post(&url)
-            .bearer_auth(ADMIN_KEY)
-            .body(body.clone())
-            .send()
-            .await?;
+        let resp = client.post(&url).bearer_auth(ADMIN_KEY).body(body.clone()).send().await?;
         let status = resp.status();
         let result: Value = resp.json().await?;
         let elapsed = start.elapsed();
@@ -166,10 +147,7 @@ async fn http_workload_paced(
             tokio::time::sleep(pause).await;
         }
     }
-    Ok(Stats {
-        name: name.into(),
-        samples,
-    })
+    Ok(Stats { name: name.into(), samples })
 }
 
 fn process_workload(name: &str, argv: &[&str], args: &Args) -> anyhow::Result<Stats> {
@@ -190,10 +168,7 @@ fn process_workload(name: &str, argv: &[&str], args: &Args) -> anyhow::Result<St
             samples.push(elapsed.as_secs_f64() * 1000.0);
         }
     }
-    Ok(Stats {
-        name: name.into(),
-        samples,
-    })
+    Ok(Stats { name: name.into(), samples })
 }
 
 /// bubblewrap with isolation comparable to a faas sandbox: every namespace, /usr read-only,
@@ -257,15 +232,8 @@ fn ephemeral(
     let python_argv = ["/usr/bin/python3", "-c", "pass"];
     let mut rows = Vec::new();
     // Interleave each command's workloads so drifts in machine load hit all of them alike.
-    for (command, label) in [
-        (&true_argv[..], "true"),
-        (&python_argv[..], "python3 -c pass"),
-    ] {
-        rows.push(process_workload(
-            &format!("bubblewrap `{label}`"),
-            &bwrap_argv(command),
-            args,
-        )?);
+    for (command, label) in [(&true_argv[..], "true"), (&python_argv[..], "python3 -c pass")] {
+        rows.push(process_workload(&format!("bubblewrap `{label}`"), &bwrap_argv(command), args)?);
         let body = json!({"command": command});
         rows.push(runtime.block_on(http_workload(
             client,
@@ -274,11 +242,7 @@ fn ephemeral(
             body,
             args,
         ))?);
-        rows.push(process_workload(
-            &format!("host fork/exec `{label}`"),
-            command,
-            args,
-        )?);
+        rows.push(process_workload(&format!("host fork/exec `{label}`"), command, args)?);
     }
     print_table("Ephemeral (reference: bubblewrap, same command)", &rows, 3);
     Ok(())
@@ -299,30 +263,18 @@ fn cached(
             .body(json!({"count": 4}).to_string())
             .send()
             .await?;
-        anyhow::ensure!(
-            prewarm.status().is_success(),
-            "prewarm: {}",
-            prewarm.text().await?
-        );
+        anyhow::ensure!(prewarm.status().is_success(), "prewarm: {}", prewarm.text().await?);
         Ok(())
     })?;
     let mut rows = Vec::new();
     let settle = || std::thread::sleep(Duration::from_secs(1));
-    for (command, label) in [
-        (&true_argv[..], "true"),
-        (&python_argv[..], "python3 -c pass"),
-    ] {
+    for (command, label) in [(&true_argv[..], "true"), (&python_argv[..], "python3 -c pass")] {
         let name = |what: &str| format!("faas {what} `{label}` (HTTP)");
         // Reuse first: the other two destroy a sandbox per call, and the kernel tears their
         // network namespaces down in the background for a while afterwards.
         let reuse = json!({"command": command, "mode": "cached", "reuse": true});
-        let reused = runtime.block_on(http_workload(
-            client,
-            server,
-            &name("cached, reuse"),
-            reuse,
-            args,
-        ))?;
+        let reused =
+            runtime.block_on(http_workload(client, server, &name("cached, reuse"), reuse, args))?;
         settle();
         let fresh = json!({"command": command, "mode": "cached"});
         let pause = Duration::from_millis(15);
@@ -400,17 +352,11 @@ async fn throughput(server: &Server, args: &Args) -> anyhow::Result<()> {
         let url = format!("{}/api/v1/execute", server.url);
         let body = json!({"command": ["/usr/bin/true"], "mode": "cached", "reuse": true, "reuse_key": format!("conn-{c}")}).to_string();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()?;
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
             let (mut ok, mut failed) = (0u64, 0u64);
             while Instant::now() < deadline {
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(ADMIN_KEY)
-                    .body(body.clone())
-                    .send()
-                    .await?;
+                let resp =
+                    client.post(&url).bearer_auth(ADMIN_KEY).body(body.clone()).send().await?;
                 if resp.status().is_success() {
                     ok += 1
                 } else {
@@ -440,18 +386,14 @@ async fn throughput(server: &Server, args: &Args) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = Server::start(&args.faas)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .timeout(Duration::from_secs(60))
         .build()?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!(
         "faas-bench: {} runs each after {} warm-up, kernel {}, {cores} cores",
         args.runs,

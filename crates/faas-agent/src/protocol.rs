@@ -69,10 +69,10 @@ pub enum Request {
         confine: Confine,
     },
     /// Run code in a context: output events with this id, then `exit`.
+    /// (code is the frame's data, UTF-8)
     ContextRun {
         id: u64,
         context: String,
-        code: String,
         timeout_ms: Option<u64>,
     },
     ContextDelete {
@@ -83,6 +83,8 @@ pub enum Request {
     FileRead {
         id: u64,
         path: String,
+        uid: u32,
+        gid: u32,
     },
     /// Create or replace a file; content follows in `file_chunk` frames, then `file_end`.
     FileWrite {
@@ -98,6 +100,21 @@ pub enum Request {
     FileEnd {
         id: u64,
     },
+    /// List a directory: `listing` with a JSON array of [`DirEntry`] as data.
+    FileList {
+        id: u64,
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
+    /// Remove a file, or a directory (with `recursive` when it is not empty): `done`.
+    FileDelete {
+        id: u64,
+        path: String,
+        recursive: bool,
+        uid: u32,
+        gid: u32,
+    },
     /// Open a TCP connection to 127.0.0.1:port inside the sandbox: `connected`, then `tcp_data`
     /// both ways until `tcp_close`.
     Connect {
@@ -108,6 +125,11 @@ pub enum Request {
         id: u64,
     },
     TcpClose {
+        id: u64,
+    },
+    /// Kill every process of the sandbox but the agent (a reused sandbox between calls):
+    /// `done`.
+    KillAll {
         id: u64,
     },
     Ping {
@@ -147,6 +169,10 @@ pub enum Event {
         id: u64,
     },
     /// A file read or write finished; `size` is the file's size in bytes.
+    /// A directory listing: JSON array of [`DirEntry`] as data.
+    Listing {
+        id: u64,
+    },
     Done {
         id: u64,
         size: u64,
@@ -171,6 +197,17 @@ pub enum Event {
     },
 }
 
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub modified_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartError {
     pub stage: String,
@@ -186,6 +223,7 @@ impl Event {
             | Event::Exit { id, .. }
             | Event::ContextReady { id }
             | Event::FileData { id }
+            | Event::Listing { id }
             | Event::Done { id, .. }
             | Event::Connected { id }
             | Event::TcpData { id }
@@ -247,31 +285,15 @@ mod tests {
     #[test]
     fn frames_round_trip_in_pieces() {
         let mut wire = Vec::new();
-        encode(
-            &Event::Output {
-                id: 7,
-                stream: Stream::Stderr,
-            },
-            b"\x00binary\xff",
-            &mut wire,
-        );
+        encode(&Event::Output { id: 7, stream: Stream::Stderr }, b"\x00binary\xff", &mut wire);
         encode(&Event::Pong { id: 8 }, b"", &mut wire);
         assert_eq!(decode(&wire[..5]), Ok(None));
         let (used, header, data) = decode(&wire).expect("valid").expect("complete");
         let event: Event = serde_json::from_slice(header).expect("json");
-        assert_eq!(
-            event,
-            Event::Output {
-                id: 7,
-                stream: Stream::Stderr
-            }
-        );
+        assert_eq!(event, Event::Output { id: 7, stream: Stream::Stderr });
         assert_eq!(data, b"\x00binary\xff");
         let (_, header, data) = decode(&wire[used..]).expect("valid").expect("complete");
-        assert_eq!(
-            serde_json::from_slice::<Event>(header).expect("json"),
-            Event::Pong { id: 8 }
-        );
+        assert_eq!(serde_json::from_slice::<Event>(header).expect("json"), Event::Pong { id: 8 });
         assert!(data.is_empty());
     }
 

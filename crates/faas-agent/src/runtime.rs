@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use faas_confine::{Confinement, Filters};
@@ -18,6 +18,15 @@ use crate::protocol::{self, CHUNK, Confine, Event, Request, StartError, Stream};
 pub const CONTROL_FD: RawFd = 4;
 /// Past this much unsent output, stop reading from children until the host catches up.
 const HIGH_WATER: usize = 4 << 20;
+/// The most a TCP relay buffers toward a program that does not read.
+const MAX_TCP_BACKLOG: usize = 16 << 20;
+/// What is drained from a finished program's pipes at most (its background children may
+/// keep writing).
+const MAX_DRAIN: usize = 1 << 20;
+/// The longest timeout honoured; larger ones are clamped.
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86400);
+/// How long a started process may take to exec before the agent gives up on it.
+const EXEC_TIMEOUT_MS: i32 = 10_000;
 /// A context whose run timed out gets SIGINT, then this long before SIGKILL.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
@@ -169,6 +178,8 @@ impl Agent {
         // SAFETY: the descriptor was handed to us by PID 1's setup; we own it from here.
         let control = unsafe { OwnedFd::from_raw_fd(control) };
         set_nonblocking(control.as_raw_fd());
+        // SAFETY: fcntl on our own descriptor; nothing the agent starts may inherit it.
+        unsafe { libc::fcntl(control.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         // SIGCHLD arrives on a descriptor, not as an interruption.
         // SAFETY: plain signal-mask calls on a zeroed, initialised set.
         let sigfd = unsafe {
@@ -186,12 +197,21 @@ impl Agent {
         // When the sandbox runs out of memory, the OOM killer must pick the program, never
         // the agent that reports on it.
         let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        // PID 1's setup ran with umask 0; files and directories the agent creates get the
+        // usual 022.
+        // SAFETY: umask has no preconditions.
+        unsafe { libc::umask(0o022) };
         // The agent needs none of the syscalls the filters deny, so it runs under them
         // itself; every process it starts inherits them (and no_new_privs) for free.
         faas_confine::install(&filters).map_err(|f| format!("seccomp: errno {}", f.errno))?;
         // Likewise the bounding set: empty it once; the agent keeps its permitted set.
         faas_confine::drop_bounding_set(faas_confine::last_cap())
             .map_err(|f| format!("bounding set: errno {}", f.errno))?;
+        // And of its own capabilities it keeps only what starting processes as the sandbox
+        // user and signalling them needs: it is the host's root (no user namespace), so
+        // nothing else it can do may depend on a path or request a tenant controls.
+        keep_capabilities(&[CAP_KILL, CAP_SETGID, CAP_SETUID])
+            .map_err(|e| format!("capabilities: {e}"))?;
         let mut agent = Self {
             control,
             inbuf: Vec::new(),
@@ -205,12 +225,7 @@ impl Agent {
             writes: HashMap::new(),
             tcp: HashMap::new(),
         };
-        agent.send(
-            &Event::Hello {
-                version: protocol::VERSION,
-            },
-            b"",
-        );
+        agent.send(&Event::Hello { version: protocol::VERSION }, b"");
         Ok(agent)
     }
 
@@ -219,14 +234,7 @@ impl Agent {
     }
 
     fn error(&mut self, id: u64, message: impl Into<String>, errno: Option<i32>) {
-        self.send(
-            &Event::Error {
-                id,
-                message: message.into(),
-                errno,
-            },
-            b"",
-        );
+        self.send(&Event::Error { id, message: message.into(), errno }, b"");
     }
 
     fn run(&mut self) -> ! {
@@ -260,11 +268,7 @@ impl Agent {
         let mut fds = Vec::new();
         let mut tags = Vec::new();
         let mut add = |fd: RawFd, events: libc::c_short, tag: Tag| {
-            fds.push(libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            });
+            fds.push(libc::pollfd { fd, events, revents: 0 });
             tags.push(tag);
         };
         let mut control_events = 0;
@@ -280,18 +284,10 @@ impl Agent {
         for (id, p) in &self.procs {
             if room {
                 if let Some(fd) = &p.stdout {
-                    add(
-                        fd.as_raw_fd(),
-                        libc::POLLIN,
-                        Tag::ProcOut(*id, Stream::Stdout),
-                    );
+                    add(fd.as_raw_fd(), libc::POLLIN, Tag::ProcOut(*id, Stream::Stdout));
                 }
                 if let Some(fd) = &p.stderr {
-                    add(
-                        fd.as_raw_fd(),
-                        libc::POLLIN,
-                        Tag::ProcOut(*id, Stream::Stderr),
-                    );
+                    add(fd.as_raw_fd(), libc::POLLIN, Tag::ProcOut(*id, Stream::Stderr));
                 }
             }
             if let Some(fd) = &p.stdin
@@ -301,11 +297,7 @@ impl Agent {
             }
         }
         for (name, c) in &self.contexts {
-            add(
-                c.reply.as_raw_fd(),
-                libc::POLLIN,
-                Tag::ContextReply(name.clone()),
-            );
+            add(c.reply.as_raw_fd(), libc::POLLIN, Tag::ContextReply(name.clone()));
             if room {
                 if let Some(fd) = &c.stdout {
                     add(
@@ -323,11 +315,7 @@ impl Agent {
                 }
             }
             if !c.ctl_buf.is_empty() {
-                add(
-                    c.ctl.as_raw_fd(),
-                    libc::POLLOUT,
-                    Tag::ContextIn(name.clone()),
-                );
+                add(c.ctl.as_raw_fd(), libc::POLLOUT, Tag::ContextIn(name.clone()));
             }
         }
         for (id, t) in &self.tcp {
@@ -433,29 +421,21 @@ impl Agent {
 
     fn handle(&mut self, request: Request, data: Vec<u8>) {
         match request {
-            Request::Exec {
-                id,
-                argv,
-                env,
-                confine,
-                timeout_ms,
-                stdin,
-            } => self.exec(id, &argv, &env, &confine, timeout_ms, stdin),
+            Request::Exec { id, argv, env, confine, timeout_ms, stdin } => {
+                if self.procs.contains_key(&id) {
+                    return self.error(id, format!("request id {id} is in use"), None);
+                }
+                self.exec(id, &argv, &env, &confine, timeout_ms, stdin)
+            }
             Request::Stdin { id, eof } => {
-                if let Some(p) = self.procs.get_mut(&id) {
+                if let Some(p) = self.procs.get_mut(&id)
+                    && p.stdin.is_some()
+                {
                     p.stdin_buf.extend_from_slice(&data);
                     p.stdin_eof |= eof;
                 }
             }
-            Request::Signal { id, signal } => {
-                if let Some(p) = self.procs.get(&id) {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe {
-                        libc::kill(-p.pid, signal);
-                        libc::kill(p.pid, signal);
-                    }
-                }
-            }
+            Request::Signal { id, signal } => self.signal(id, signal),
             Request::CloseOutput { id, stream } => {
                 if let Some(p) = self.procs.get_mut(&id) {
                     match stream {
@@ -464,19 +444,13 @@ impl Agent {
                     }
                 }
             }
-            Request::ContextCreate {
-                id,
-                context,
-                language,
-                env,
-                confine,
-            } => self.context_create(id, context, &language, &env, &confine),
-            Request::ContextRun {
-                id,
-                context,
-                code,
-                timeout_ms,
-            } => self.context_run(id, &context, &code, timeout_ms),
+            Request::ContextCreate { id, context, language, env, confine } => {
+                self.context_create(id, context, &language, &env, &confine)
+            }
+            Request::ContextRun { id, context, timeout_ms } => {
+                let code = String::from_utf8_lossy(&data).into_owned();
+                self.context_run(id, &context, &code, timeout_ms)
+            }
             Request::ContextDelete { id, context } => {
                 if let Some(c) = self.contexts.remove(&context) {
                     // SAFETY: kill has no memory-safety preconditions.
@@ -484,19 +458,32 @@ impl Agent {
                 }
                 self.send(&Event::Done { id, size: 0 }, b"");
             }
-            Request::FileRead { id, path } => match File::open(&path) {
-                Ok(file) => {
-                    self.reads.insert(id, (file, 0));
+            Request::FileRead { id, path, uid, gid } => {
+                match as_user(uid, gid, || open_regular(&path, libc::O_RDONLY, 0)) {
+                    Ok(file) => {
+                        self.reads.insert(id, (file, 0));
+                    }
+                    Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
                 }
-                Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
-            },
-            Request::FileWrite {
-                id,
-                path,
-                mode,
-                uid,
-                gid,
-            } => self.file_open_write(id, &path, mode, uid, gid),
+            }
+            Request::FileWrite { id, path, mode, uid, gid } => {
+                let opened = as_user(uid, gid, || {
+                    if let Some(parent) = std::path::Path::new(&path).parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    open_regular(
+                        &path,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                        mode & 0o7777,
+                    )
+                });
+                match opened {
+                    Ok(file) => {
+                        self.writes.insert(id, file);
+                    }
+                    Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
+                }
+            }
             Request::FileChunk { id } => {
                 if let Some(file) = self.writes.get_mut(&id)
                     && let Err(e) = file.write_all(&data)
@@ -511,9 +498,36 @@ impl Agent {
                     self.send(&Event::Done { id, size }, b"");
                 }
             }
+            Request::FileList { id, path, uid, gid } => match as_user(uid, gid, || list_dir(&path))
+            {
+                Ok(entries) => {
+                    let json = serde_json::to_vec(&entries).unwrap_or_default();
+                    self.send(&Event::Listing { id }, &json);
+                }
+                Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
+            },
+            Request::FileDelete { id, path, recursive, uid, gid } => {
+                let removed = as_user(uid, gid, || {
+                    let p = std::path::Path::new(&path);
+                    match std::fs::symlink_metadata(p) {
+                        Ok(m) if m.is_dir() && recursive => std::fs::remove_dir_all(p),
+                        Ok(m) if m.is_dir() => std::fs::remove_dir(p),
+                        Ok(_) => std::fs::remove_file(p),
+                        Err(e) => Err(e),
+                    }
+                });
+                match removed {
+                    Ok(()) => self.send(&Event::Done { id, size: 0 }, b""),
+                    Err(e) => self.error(id, format!("{path}: {e}"), e.raw_os_error()),
+                }
+            }
             Request::Connect { id, port } => self.connect(id, port),
             Request::TcpData { id } => {
                 if let Some(t) = self.tcp.get_mut(&id) {
+                    if t.out.len() + data.len() > MAX_TCP_BACKLOG {
+                        self.tcp.remove(&id);
+                        return self.send(&Event::TcpClosed { id }, b"");
+                    }
                     t.out.extend_from_slice(&data);
                 }
             }
@@ -525,7 +539,35 @@ impl Agent {
                     }
                 }
             }
+            Request::KillAll { id } => {
+                // From PID 1, kill(-1) reaches every other process of the namespace.
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(-1, libc::SIGKILL) };
+                self.send(&Event::Done { id, size: 0 }, b"");
+            }
             Request::Ping { id } => self.send(&Event::Pong { id }, b""),
+        }
+    }
+
+    /// A signal for a process's group, or for a context run (which the interpreter gets as
+    /// an interrupt, followed by SIGKILL after the grace time if it does not answer).
+    fn signal(&mut self, id: u64, signal: i32) {
+        if let Some(p) = self.procs.get(&id) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-p.pid, signal);
+                libc::kill(p.pid, signal);
+            }
+            return;
+        }
+        for c in self.contexts.values_mut() {
+            if let Some(run) = c.running.as_mut().filter(|r| r.id == id) {
+                if run.interrupted_at.is_none() {
+                    run.interrupted_at = Some(Instant::now());
+                }
+                // SAFETY: as above.
+                unsafe { libc::kill(c.pid, libc::SIGINT) };
+            }
         }
     }
 
@@ -538,10 +580,7 @@ impl Agent {
         confine: &Confine,
         extra: &[RawFd],
     ) -> Result<(i32, OwnedFd, OwnedFd, OwnedFd), StartError> {
-        let fail = |stage: &str, errno: i32| StartError {
-            stage: stage.into(),
-            errno,
-        };
+        let fail = |stage: &str, errno: i32| StartError { stage: stage.into(), errno };
         if argv.is_empty() {
             return Err(fail("exec", libc::EINVAL));
         }
@@ -555,14 +594,12 @@ impl Agent {
             workdir: confine.workdir.clone(),
             max_file_bytes: confine.max_file_bytes,
             max_open_files: confine.max_open_files,
+            create_workdir: true,
         };
-        let mut sources = vec![
-            stdin_r.as_raw_fd(),
-            stdout_w.as_raw_fd(),
-            stderr_w.as_raw_fd(),
-        ];
+        let mut sources = vec![stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
         sources.extend_from_slice(extra);
-        let status_fd = sources.len() as i32;
+        sources.push(status_w.as_raw_fd());
+        let status_fd = (sources.len() - 1) as i32;
         // SAFETY: the agent is single-threaded, so the child of this fork is consistent; it
         // only arranges descriptors, confines itself and execs (or reports and exits).
         let pid = unsafe { libc::fork() };
@@ -572,39 +609,60 @@ impl Agent {
         if pid == 0 {
             // SAFETY (child): descriptor shuffling on our own table, then exec or _exit.
             unsafe {
-                let mut high = Vec::with_capacity(sources.len() + 1);
-                for fd in sources.iter().chain([&status_w.as_raw_fd()]) {
-                    high.push(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100));
+                // First out of the way of the targets, then onto them; any failure ends the
+                // child before it could run with a stray descriptor (the agent's socket).
+                let mut high = Vec::with_capacity(sources.len());
+                for fd in &sources {
+                    let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if h < 0 {
+                        libc::_exit(127);
+                    }
+                    high.push(h);
                 }
                 for (target, fd) in high.iter().enumerate() {
-                    libc::dup2(*fd, target as i32);
+                    if libc::dup2(*fd, target as i32) < 0 {
+                        libc::_exit(127);
+                    }
                 }
-                libc::fcntl(status_fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                if libc::fcntl(status_fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+                    libc::_exit(127);
+                }
                 libc::syscall(libc::SYS_close_range, status_fd as u32 + 1, u32::MAX, 0u32);
                 // The agent is immune to the OOM killer (see Agent::new); its children are not.
-                let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-                let workdir = std::path::Path::new(&confinement.workdir);
-                let failure =
-                    match faas_confine::mkdir_owned(workdir, confinement.uid, confinement.gid)
-                        .and_then(|()| faas_confine::confine(None, None, &confinement))
-                    {
-                        Ok(()) => faas_confine::exec(argv, env),
-                        Err(f) => f,
-                    };
+                let oom = b"/proc/self/oom_score_adj\0";
+                let fd = libc::open(oom.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(127);
+                }
+                libc::close(fd);
+                let failure = match faas_confine::confine(None, None, &confinement) {
+                    Ok(()) => faas_confine::exec(argv, env),
+                    Err(f) => f,
+                };
                 let line = format!("{} {}", failure.stage, failure.errno);
                 libc::write(status_fd, line.as_ptr().cast(), line.len());
                 libc::_exit(127);
             }
         }
         drop((stdin_r, stdout_w, stderr_w, status_w));
-        // The child closes its end by exec (close-on-exec) or writes why it could not.
+        // The child closes its end by exec (close-on-exec) or writes why it could not. A
+        // child that never gets there (stopped by a signal, say) is given up on.
         let mut report = String::new();
+        let mut pfd = libc::pollfd { fd: status_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one descriptor we own.
+        if unsafe { libc::poll(&mut pfd, 1, EXEC_TIMEOUT_MS) } <= 0 {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(fail("exec", libc::ETIMEDOUT));
+        }
         let _ = File::from(status_r).read_to_string(&mut report);
-        if let Some((stage, errno)) = report.split_once(' ') {
-            let mut status = 0;
+        if let Some((stage, errno)) = report.trim().rsplit_once(' ') {
             // SAFETY: reaping the child that just failed.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            return Err(fail(stage, errno.trim().parse().unwrap_or(libc::EIO)));
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            return Err(fail(stage, errno.parse().unwrap_or(libc::EIO)));
         }
         for fd in [&stdin_w, &stdout_r, &stderr_r] {
             set_nonblocking(fd.as_raw_fd());
@@ -633,7 +691,8 @@ impl Agent {
                         stdin: stdin.then_some(stdin_w),
                         stdin_buf: Vec::new(),
                         stdin_eof: false,
-                        deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                        deadline: timeout_ms
+                            .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_TIMEOUT)),
                         timed_out: false,
                     },
                 );
@@ -715,11 +774,8 @@ impl Agent {
             };
             if let Some(id) = self.by_pid.remove(&pid) {
                 self.finish_proc(id, code, signal);
-            } else if let Some(name) = self
-                .contexts
-                .iter()
-                .find(|(_, c)| c.pid == pid)
-                .map(|(n, _)| n.clone())
+            } else if let Some(name) =
+                self.contexts.iter().find(|(_, c)| c.pid == pid).map(|(n, _)| n.clone())
             {
                 self.context_died(&name, code, signal);
             }
@@ -732,15 +788,15 @@ impl Agent {
             return;
         };
         let mut buf = std::mem::take(&mut self.scratch);
-        for (stream, slot) in [
-            (Stream::Stdout, p.stdout.take()),
-            (Stream::Stderr, p.stderr.take()),
-        ] {
+        for (stream, slot) in [(Stream::Stdout, p.stdout.take()), (Stream::Stderr, p.stderr.take())]
+        {
             if let Some(fd) = slot {
+                let mut drained = 0;
                 while let Ok(Some(n)) = read_some(fd.as_raw_fd(), &mut buf) {
-                    if n == 0 {
+                    if n == 0 || drained > MAX_DRAIN {
                         break;
                     }
+                    drained += n;
                     let data = buf[..n].to_vec();
                     self.send(&Event::Output { id, stream }, &data);
                 }
@@ -748,13 +804,7 @@ impl Agent {
         }
         self.scratch = buf;
         self.send(
-            &Event::Exit {
-                id,
-                exit_code,
-                signal,
-                timed_out: p.timed_out,
-                start_error: None,
-            },
+            &Event::Exit { id, exit_code, signal, timed_out: p.timed_out, start_error: None },
             b"",
         );
     }
@@ -802,12 +852,7 @@ impl Agent {
             return self.error(id, format!("context {name} exists"), None);
         }
         let argv: Vec<String> = match language {
-            "python" => vec![
-                "python3".into(),
-                "-u".into(),
-                "-c".into(),
-                PYTHON_DRIVER.into(),
-            ],
+            "python" => vec!["python3".into(), "-u".into(), "-c".into(), PYTHON_DRIVER.into()],
             "javascript" => vec!["node".into(), "-e".into(), NODE_DRIVER.into()],
             other => return self.error(id, format!("no context for language {other}"), None),
         };
@@ -819,12 +864,7 @@ impl Agent {
             Ok(p) => p,
             Err(e) => return self.error(id, "pipe", Some(e)),
         };
-        match self.spawn(
-            &argv,
-            env,
-            confine,
-            &[ctl_r.as_raw_fd(), reply_w.as_raw_fd()],
-        ) {
+        match self.spawn(&argv, env, confine, &[ctl_r.as_raw_fd(), reply_w.as_raw_fd()]) {
             Ok((pid, _stdin, stdout, stderr)) => {
                 drop((ctl_r, reply_w));
                 set_nonblocking(ctl_w.as_raw_fd());
@@ -844,11 +884,9 @@ impl Agent {
                     },
                 );
             }
-            Err(e) => self.error(
-                id,
-                format!("starting the interpreter: {}", e.stage),
-                Some(e.errno),
-            ),
+            Err(e) => {
+                self.error(id, format!("starting the interpreter: {}", e.stage), Some(e.errno))
+            }
         }
     }
 
@@ -864,7 +902,8 @@ impl Agent {
         c.ctl_buf.extend_from_slice(&line);
         c.running = Some(Run {
             id,
-            deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            deadline: timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_TIMEOUT)),
             interrupted_at: None,
             timed_out: false,
         });
@@ -897,7 +936,8 @@ impl Agent {
     fn drain_context(&mut self, name: &str) {
         let mut buf = vec![0u8; CHUNK];
         for stream in [Stream::Stdout, Stream::Stderr] {
-            loop {
+            let mut drained = 0;
+            while drained <= MAX_DRAIN {
                 let Some(c) = self.contexts.get_mut(name) else {
                     return;
                 };
@@ -908,6 +948,7 @@ impl Agent {
                 let Some(fd) = slot else { break };
                 match read_some(fd.as_raw_fd(), &mut buf) {
                     Ok(Some(n)) if n > 0 => {
+                        drained += n;
                         if let Some(run) = &c.running {
                             let (id, data) = (run.id, buf[..n].to_vec());
                             self.send(&Event::Output { id, stream }, &data);
@@ -925,13 +966,17 @@ impl Agent {
         };
         match read_some(c.reply.as_raw_fd(), buf) {
             Ok(Some(n)) if n > 0 => c.reply_buf.extend_from_slice(&buf[..n]),
-            // EOF: the interpreter is exiting; reaping reports it.
-            _ => return,
+            Ok(None) => return,
+            // EOF: the interpreter closed its reply pipe (or is exiting). Without it the
+            // context is useless; ending it lets reaping report it and clear it away.
+            _ => {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(c.pid, libc::SIGKILL) };
+                return;
+            }
         }
-        while let Some(pos) = self
-            .contexts
-            .get(name)
-            .and_then(|c| c.reply_buf.iter().position(|b| *b == b'\n'))
+        while let Some(pos) =
+            self.contexts.get(name).and_then(|c| c.reply_buf.iter().position(|b| *b == b'\n'))
         {
             let Some(c) = self.contexts.get_mut(name) else {
                 return;
@@ -1026,43 +1071,6 @@ impl Agent {
         self.scratch = buf;
     }
 
-    fn file_open_write(&mut self, id: u64, path: &str, mode: u32, uid: u32, gid: u32) {
-        let path = std::path::Path::new(path);
-        if let Some(parent) = path.parent()
-            && !parent.exists()
-        {
-            if let Err(e) = std::fs::create_dir_all(parent) {
-                return self.error(id, format!("{}: {e}", parent.display()), e.raw_os_error());
-            }
-            let mut dir = parent;
-            while !dir.as_os_str().is_empty() && dir != std::path::Path::new("/") {
-                let _ = std::os::unix::fs::chown(dir, Some(uid), Some(gid));
-                if dir
-                    .parent()
-                    .is_some_and(|p| p.exists() && p.metadata().map(|m| m.uid()).ok() != Some(uid))
-                {
-                    break;
-                }
-                dir = dir.parent().unwrap_or(std::path::Path::new("/"));
-            }
-        }
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path);
-        match opened {
-            Ok(file) => {
-                let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
-                let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
-                self.writes.insert(id, file);
-            }
-            Err(e) => self.error(id, format!("{}: {e}", path.display()), e.raw_os_error()),
-        }
-    }
-
     fn connect(&mut self, id: u64, port: u16) {
         // SAFETY: a non-blocking socket and a connect to a stack-allocated sockaddr_in.
         unsafe {
@@ -1078,9 +1086,7 @@ impl Agent {
             let addr = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: port.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
                 sin_zero: [0; 8],
             };
             let rc = libc::connect(
@@ -1092,22 +1098,11 @@ impl Agent {
             if rc < 0 && errno != libc::EINPROGRESS {
                 return self.error(
                     id,
-                    format!(
-                        "connect to port {port}: {}",
-                        std::io::Error::from_raw_os_error(errno)
-                    ),
+                    format!("connect to port {port}: {}", std::io::Error::from_raw_os_error(errno)),
                     Some(errno),
                 );
             }
-            self.tcp.insert(
-                id,
-                Tcp {
-                    sock,
-                    connecting: rc < 0,
-                    out: Vec::new(),
-                    closing: false,
-                },
-            );
+            self.tcp.insert(id, Tcp { sock, connecting: rc < 0, out: Vec::new(), closing: false });
             if rc == 0 {
                 self.send(&Event::Connected { id }, b"");
             }
@@ -1173,3 +1168,98 @@ impl Agent {
 }
 
 use std::os::unix::fs::MetadataExt;
+
+/// Capability numbers of <linux/capability.h>.
+const CAP_KILL: u32 = 5;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+
+/// Sets the permitted and effective capability sets to exactly `caps`.
+fn keep_capabilities(caps: &[u32]) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut data = [Data::default(); 2];
+    for cap in caps {
+        let (word, bit) = ((*cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective |= bit;
+        data[word].permitted |= bit;
+    }
+    let header = Header { version: VERSION_3, pid: 0 };
+    // SAFETY: capset with a v3 header and two data words, as the kernel expects.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Runs `f` with the filesystem identity of the sandbox user: the agent is root, and a
+/// path a user controls must never lead it to files the user could not reach (the host's
+/// /proc above all). Files it creates belong to the user without a chown.
+fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    // SAFETY: setfsuid/setfsgid only change this (single) thread's filesystem identity.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    let result = f();
+    // SAFETY: as above, back to root's.
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+    }
+    result
+}
+
+/// Opens a regular file without following a final symlink and without blocking (a FIFO
+/// planted at the path would otherwise stall the agent).
+fn open_regular(path: &str, flags: i32, mode: u32) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(flags & libc::O_ACCMODE == libc::O_RDONLY)
+        .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
+        .create(flags & libc::O_CREAT != 0)
+        .truncate(flags & libc::O_TRUNC != 0)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(file)
+}
+
+/// A directory's entries, sorted by name; symlinks are reported, not followed.
+fn list_dir(path: &str) -> std::io::Result<Vec<protocol::DirEntry>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        let kind = if meta.is_symlink() {
+            "symlink"
+        } else if meta.is_dir() {
+            "dir"
+        } else if meta.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        entries.push(protocol::DirEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            kind: kind.into(),
+            size: meta.len(),
+            mode: meta.mode() & 0o7777,
+            modified_ms: (meta.mtime().max(0) as u64) * 1000
+                + (meta.mtime_nsec().max(0) as u64) / 1_000_000,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}

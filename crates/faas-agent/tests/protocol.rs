@@ -48,19 +48,9 @@ impl Agent {
         }
         let child = cmd.spawn().expect("spawn agent");
         drop(theirs);
-        ours.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut agent = Self {
-            child,
-            sock: ours,
-            buf: Vec::new(),
-        };
-        assert_eq!(
-            agent.next().0,
-            Event::Hello {
-                version: protocol::VERSION
-            }
-        );
+        ours.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut agent = Self { child, sock: ours, buf: Vec::new() };
+        assert_eq!(agent.next().0, Event::Hello { version: protocol::VERSION });
         agent
     }
 
@@ -114,35 +104,17 @@ fn files_round_trip_through_the_agent() {
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let mut agent = Agent::start();
     agent.send(
-        &Request::FileWrite {
-            id: 1,
-            path: path.clone(),
-            mode: 0o640,
-            uid: 1000,
-            gid: 1000,
-        },
+        &Request::FileWrite { id: 1, path: path.clone(), mode: 0o640, uid: 1000, gid: 1000 },
         &[],
     );
     for chunk in content.chunks(protocol::CHUNK) {
         agent.send(&Request::FileChunk { id: 1 }, chunk);
     }
     agent.send(&Request::FileEnd { id: 1 }, &[]);
-    assert_eq!(
-        agent.next().0,
-        Event::Done {
-            id: 1,
-            size: content.len() as u64
-        }
-    );
+    assert_eq!(agent.next().0, Event::Done { id: 1, size: content.len() as u64 });
     let meta = std::fs::metadata(&path).expect("written");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
-    agent.send(
-        &Request::FileRead {
-            id: 2,
-            path: path.clone(),
-        },
-        &[],
-    );
+    agent.send(&Request::FileRead { id: 2, path: path.clone(), uid: 1000, gid: 1000 }, &[]);
     let mut read = Vec::new();
     loop {
         match agent.next() {
@@ -159,17 +131,12 @@ fn files_round_trip_through_the_agent() {
         &Request::FileRead {
             id: 3,
             path: dir.join("missing").to_string_lossy().into_owned(),
+            uid: 1000,
+            gid: 1000,
         },
         &[],
     );
-    assert!(matches!(
-        agent.next().0,
-        Event::Error {
-            id: 3,
-            errno: Some(libc::ENOENT),
-            ..
-        }
-    ));
+    assert!(matches!(agent.next().0, Event::Error { id: 3, errno: Some(libc::ENOENT), .. }));
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -202,26 +169,9 @@ fn tcp_connections_are_relayed() {
     server.join().expect("server");
     assert_eq!(agent.next().0, Event::TcpClosed { id: 1 });
     // A closed port is an error, not a hang.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    agent.send(
-        &Request::Connect {
-            id: 2,
-            port: closed,
-        },
-        &[],
-    );
-    assert!(matches!(
-        agent.next().0,
-        Event::Error {
-            id: 2,
-            errno: Some(libc::ECONNREFUSED),
-            ..
-        }
-    ));
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    agent.send(&Request::Connect { id: 2, port: closed }, &[]);
+    assert!(matches!(agent.next().0, Event::Error { id: 2, errno: Some(libc::ECONNREFUSED), .. }));
 }
 
 #[test]
@@ -233,11 +183,7 @@ fn processes_take_signals_and_report_how_they_ended() {
     let mut agent = Agent::start();
     agent.send(&Request::Ping { id: 1 }, &[]);
     assert_eq!(agent.next().0, Event::Pong { id: 1 });
-    let argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "echo ready; exec sleep 30".into(),
-    ];
+    let argv = vec!["/bin/sh".into(), "-c".into(), "echo ready; exec sleep 30".into()];
     let env = vec!["PATH=/usr/bin:/bin".into()];
     agent.send(
         &Request::Exec {
@@ -253,21 +199,9 @@ fn processes_take_signals_and_report_how_they_ended() {
     assert!(matches!(agent.next().0, Event::Started { id: 2, .. }));
     assert_eq!(
         agent.next(),
-        (
-            Event::Output {
-                id: 2,
-                stream: Stream::Stdout
-            },
-            b"ready\n".to_vec()
-        )
+        (Event::Output { id: 2, stream: Stream::Stdout }, b"ready\n".to_vec())
     );
-    agent.send(
-        &Request::Signal {
-            id: 2,
-            signal: libc::SIGTERM,
-        },
-        &[],
-    );
+    agent.send(&Request::Signal { id: 2, signal: libc::SIGTERM }, &[]);
     let (exit, _) = agent.next();
     assert_eq!(
         exit,
@@ -293,19 +227,11 @@ fn processes_take_signals_and_report_how_they_ended() {
         &[],
     );
     match agent.next().0 {
-        Event::Exit {
-            id: 3,
-            start_error: Some(e),
-            ..
-        } => assert_eq!(e.errno, libc::ENOENT),
+        Event::Exit { id: 3, start_error: Some(e), .. } => assert_eq!(e.errno, libc::ENOENT),
         other => panic!("unexpected {other:?}"),
     }
     // The agent's own descriptor never leaks into what it starts.
-    let argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "ls /proc/self/fd | wc -l".into(),
-    ];
+    let argv = vec!["/bin/sh".into(), "-c".into(), "ls /proc/self/fd | wc -l".into()];
     agent.send(
         &Request::Exec {
             id: 4,
@@ -321,12 +247,7 @@ fn processes_take_signals_and_report_how_they_ended() {
     loop {
         match agent.next() {
             (Event::Output { id: 4, .. }, data) => out.extend_from_slice(&data),
-            (
-                Event::Exit {
-                    id: 4, exit_code, ..
-                },
-                _,
-            ) => {
+            (Event::Exit { id: 4, exit_code, .. }, _) => {
                 assert_eq!(exit_code, Some(0));
                 break;
             }
@@ -335,4 +256,55 @@ fn processes_take_signals_and_report_how_they_ended() {
     }
     // 0, 1, 2 and the directory ls reads.
     assert_eq!(String::from_utf8_lossy(&out).trim(), "4");
+}
+
+#[test]
+fn file_requests_never_act_with_root_powers() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let mut agent = Agent::start();
+    // Files only root may touch stay out of reach: file requests act as the sandbox user.
+    // (/proc/sys checks the effective uid instead; sandboxes mount it read-only.)
+    let dir = std::env::temp_dir().join(format!("faas-agent-root-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "root only").expect("write");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let path = secret.to_string_lossy().into_owned();
+    agent.send(&Request::FileRead { id: 1, path: path.clone(), uid: 1000, gid: 1000 }, &[]);
+    assert!(matches!(agent.next().0, Event::Error { id: 1, errno: Some(libc::EACCES), .. }));
+    let inside = dir.join("planted").to_string_lossy().into_owned();
+    agent.send(&Request::FileWrite { id: 2, path: inside, mode: 0o644, uid: 1000, gid: 1000 }, &[]);
+    assert!(matches!(agent.next().0, Event::Error { id: 2, errno: Some(libc::EACCES), .. }));
+    agent.send(
+        &Request::FileDelete { id: 3, path: path.clone(), recursive: false, uid: 1000, gid: 1000 },
+        &[],
+    );
+    assert!(matches!(agent.next().0, Event::Error { id: 3, errno: Some(libc::EACCES), .. }));
+    assert!(secret.exists());
+    std::fs::remove_dir_all(&dir).ok();
+    // A FIFO planted where a file is expected is refused, not waited on.
+    let fifo = std::env::temp_dir().join(format!("faas-agent-fifo-{}", std::process::id()));
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: mkfifo on a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let path = fifo.to_string_lossy().into_owned();
+    agent.send(&Request::FileRead { id: 4, path: path.clone(), uid: 1000, gid: 1000 }, &[]);
+    assert!(matches!(agent.next().0, Event::Error { id: 4, errno: Some(libc::EINVAL), .. }));
+    agent.send(&Request::Ping { id: 5 }, &[]);
+    assert_eq!(agent.next().0, Event::Pong { id: 5 }, "the agent must still answer");
+    std::fs::remove_file(fifo).ok();
+    // Its own capabilities: only setuid, setgid and kill remain.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).expect("status");
+    let eff =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff").trim().to_owned();
+    assert_eq!(
+        u64::from_str_radix(&eff, 16).expect("hex"),
+        (1 << 5) | (1 << 6) | (1 << 7),
+        "CapEff {eff}"
+    );
 }

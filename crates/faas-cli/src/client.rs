@@ -21,21 +21,12 @@ impl Client {
             _ => {
                 let dir = std::env::var("FAAS_DATA_DIR").unwrap_or_else(|_| "/var/lib/faas".into());
                 let path = std::path::Path::new(&dir).join("admin.key");
-                std::fs::read_to_string(&path)
-                    .map(|k| k.trim().to_owned())
-                    .with_context(|| {
-                        format!(
-                            "no FAAS_API_KEY set, and {} is not readable",
-                            path.display()
-                        )
-                    })?
+                std::fs::read_to_string(&path).map(|k| k.trim().to_owned()).with_context(|| {
+                    format!("no FAAS_API_KEY set, and {} is not readable", path.display())
+                })?
             }
         };
-        Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
-            key,
-            http: reqwest::Client::new(),
-        })
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), key, http: reqwest::Client::new() })
     }
 
     /// Sends a request and returns the JSON answer (Null for 204); API errors become
@@ -64,12 +55,9 @@ impl Client {
             return serde_json::from_str(&text).context("the server's answer is not JSON");
         }
         match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(err) => Err(anyhow!(
-                "{}: {} (HTTP {})",
-                err.error.code,
-                err.error.message,
-                status.as_u16()
-            )),
+            Ok(err) => {
+                Err(anyhow!("{}: {} (HTTP {})", err.error.code, err.error.message, status.as_u16()))
+            }
             Err(_) => Err(anyhow!("HTTP {}: {text}", status.as_u16())),
         }
     }
@@ -131,7 +119,5 @@ impl Client {
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }

@@ -11,11 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "faas",
-    version,
-    about = "Run untrusted code in fast, isolated sandboxes"
-)]
+#[command(name = "faas", version, about = "Run untrusted code in fast, isolated sandboxes")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -55,10 +51,8 @@ fn main() -> anyhow::Result<()> {
     // The launcher role comes first: it must stay single-threaded and lean.
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(faas_sandbox::launcher::LAUNCHER_ARG)) {
-        let scratch = args
-            .next()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/run/faas/scratch"));
+        let scratch =
+            args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/faas/scratch"));
         faas_sandbox::launcher::launcher_main(scratch);
     }
     let cli = Cli::parse();
@@ -94,6 +88,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let admin_key = std::env::var("FAAS_API_KEY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
         .enable_all()
         .build()?;
     runtime

@@ -7,9 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an API error: {body}"))
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an API error: {body}"))
 }
 
 #[tokio::test]
@@ -29,9 +27,7 @@ async fn health_needs_no_key_but_everything_else_does() {
         .await;
     assert_eq!(r.status, 401);
     assert_eq!(error_code(&r.body), "unauthorized");
-    let r = server
-        .post("/api/v1/execute", "faas_wrong", json!({"command": "true"}))
-        .await;
+    let r = server.post("/api/v1/execute", "faas_wrong", json!({"command": "true"})).await;
     assert_eq!(r.status, 401);
     // X-API-Key works as well as Bearer.
     let r = reqwest::Client::new()
@@ -50,18 +46,14 @@ async fn tenants_see_only_their_own_executions() {
     let server = Server::start().await;
     let alice = server.tenant_key("alice").await;
     let bob = server.tenant_key("bob").await;
-    let r = server
-        .exec_as(&alice, json!({"command": "echo mine"}))
-        .await;
+    let r = server.exec_as(&alice, json!({"command": "echo mine"})).await;
     let path = format!("/api/v1/executions/{}", r["id"].as_str().expect("id"));
     assert_eq!(server.get(&path, &alice).await.status, 200);
     let other = server.get(&path, &bob).await;
     assert_eq!(other.status, 404);
     assert_eq!(error_code(&other.body), "not_found");
     // Tenants cannot manage keys.
-    let r = server
-        .post("/api/v1/keys", &alice, json!({"tenant": "alice"}))
-        .await;
+    let r = server.post("/api/v1/keys", &alice, json!({"tenant": "alice"})).await;
     assert_eq!(r.status, 403);
 }
 
@@ -69,46 +61,20 @@ async fn tenants_see_only_their_own_executions() {
 async fn revoked_keys_stop_working() {
     require_root!();
     let server = Server::start().await;
-    let reply = server
-        .post(
-            "/api/v1/keys",
-            ADMIN_KEY,
-            json!({"tenant": "carol", "name": "ci"}),
-        )
-        .await;
+    let reply =
+        server.post("/api/v1/keys", ADMIN_KEY, json!({"tenant": "carol", "name": "ci"})).await;
     let key = reply.body["key"].as_str().expect("key").to_owned();
     let id = reply.body["id"].as_str().expect("id").to_owned();
-    assert_eq!(
-        server.exec_as(&key, json!({"command": "true"})).await["exit_code"],
-        0
-    );
+    assert_eq!(server.exec_as(&key, json!({"command": "true"})).await["exit_code"], 0);
     let listed = server.get("/api/v1/keys?tenant=carol", ADMIN_KEY).await;
     assert_eq!(listed.body["keys"].as_array().expect("keys").len(), 1);
-    assert!(
-        listed.body.to_string().find(&key).is_none(),
-        "a listing must never show the secret"
-    );
-    let r = server
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/keys/{id}"),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    assert!(listed.body.to_string().find(&key).is_none(), "a listing must never show the secret");
+    let r =
+        server.request(Method::DELETE, &format!("/api/v1/keys/{id}"), Some(ADMIN_KEY), None).await;
     assert_eq!(r.status, 204);
-    let r = server
-        .post("/api/v1/execute", &key, json!({"command": "true"}))
-        .await;
+    let r = server.post("/api/v1/execute", &key, json!({"command": "true"})).await;
     assert_eq!(r.status, 401);
-    let r = server
-        .request(
-            Method::DELETE,
-            "/api/v1/keys/key_nope",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    let r = server.request(Method::DELETE, "/api/v1/keys/key_nope", Some(ADMIN_KEY), None).await;
     assert_eq!(r.status, 404);
 }
 
@@ -117,23 +83,13 @@ async fn bad_input_gets_clear_json_errors() {
     require_root!();
     let server = Server::start_with("max_request_bytes = 65536\n").await;
     let raw = |body: &str| {
-        server.request(
-            Method::POST,
-            "/api/v1/execute",
-            Some(ADMIN_KEY),
-            Some(body.to_owned()),
-        )
+        server.request(Method::POST, "/api/v1/execute", Some(ADMIN_KEY), Some(body.to_owned()))
     };
     let r = raw("{\"command\": ").await;
     assert_eq!((r.status, error_code(&r.body)), (400, "bad_request"));
     let r = raw("{\"command\": \"true\", \"colour\": 1}").await;
     assert_eq!(r.status, 422);
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .expect("message")
-            .contains("colour")
-    );
+    assert!(r.body["error"]["message"].as_str().expect("message").contains("colour"));
     let r = raw(&json!({"command": "x".repeat(100_000)}).to_string()).await;
     assert_eq!((r.status, error_code(&r.body)), (413, "payload_too_large"));
     let cases = [
@@ -158,35 +114,22 @@ async fn bad_input_gets_clear_json_errors() {
         json!({"command": "true", "mode": "sideways"}),
     ];
     for case in cases {
-        let r = server
-            .post("/api/v1/execute", ADMIN_KEY, case.clone())
-            .await;
+        let r = server.post("/api/v1/execute", ADMIN_KEY, case.clone()).await;
         assert_eq!(r.status, 422, "{case} -> {} {}", r.status, r.body);
         assert!(!error_code(&r.body).is_empty());
     }
     let r = server
-        .post(
-            "/api/v1/execute",
-            ADMIN_KEY,
-            json!({"command": "true", "image": "nope"}),
-        )
+        .post("/api/v1/execute", ADMIN_KEY, json!({"command": "true", "image": "nope"}))
         .await;
     assert_eq!(r.status, 404);
     let r = server.get("/api/v1/executions/ex_missing", ADMIN_KEY).await;
     assert_eq!(r.status, 404);
-    let r = server
-        .request(Method::GET, "/api/v1/nothing-here", Some(ADMIN_KEY), None)
-        .await;
+    let r = server.request(Method::GET, "/api/v1/nothing-here", Some(ADMIN_KEY), None).await;
     assert_eq!((r.status, error_code(&r.body)), (404, "not_found"));
-    let r = server
-        .request(Method::PUT, "/api/v1/execute", Some(ADMIN_KEY), None)
-        .await;
+    let r = server.request(Method::PUT, "/api/v1/execute", Some(ADMIN_KEY), None).await;
     assert_eq!(r.status, 405);
     // Nothing was recorded for any of them: the server still works normally.
-    assert_eq!(
-        server.exec(json!({"command": "echo fine"})).await["stdout"],
-        "fine\n"
-    );
+    assert_eq!(server.exec(json!({"command": "echo fine"})).await["stdout"], "fine\n");
 }
 
 #[tokio::test]
@@ -199,9 +142,7 @@ async fn what_this_host_cannot_do_answers_501() {
         json!({"command": "true", "mode": "branched"}),
         json!({"command": "true", "mode": "persistent"}),
     ] {
-        let r = server
-            .post("/api/v1/execute", ADMIN_KEY, case.clone())
-            .await;
+        let r = server.post("/api/v1/execute", ADMIN_KEY, case.clone()).await;
         assert_eq!(r.status, 501, "{case}");
         assert_eq!(error_code(&r.body), "unsupported");
         assert!(
@@ -220,11 +161,7 @@ async fn fifty_concurrent_runs_all_complete() {
         let run = server.exec_in_background(json!({"command": format!("sleep 0.2; echo run-{i}")}));
         tasks.push(tokio::spawn(async move {
             let r = run.await.expect("task").expect("request");
-            (
-                i,
-                r.status().as_u16(),
-                r.json::<Value>().await.expect("json"),
-            )
+            (i, r.status().as_u16(), r.json::<Value>().await.expect("json"))
         }));
     }
     let mut ok = 0;
@@ -255,23 +192,12 @@ async fn the_admission_limit_answers_503() {
     for task in tasks {
         let resp = task.await.expect("task").expect("request");
         if resp.status() == 503 {
-            assert_eq!(
-                resp.headers().get("retry-after").map(|v| v.as_bytes()),
-                Some(&b"1"[..])
-            );
+            assert_eq!(resp.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
         }
         statuses.push(resp.status().as_u16());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        2,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 503).count(),
-        4,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 4, "{statuses:?}");
 }
 
 #[tokio::test]
@@ -282,26 +208,17 @@ async fn a_killed_server_loses_no_record_and_leaves_no_sandbox() {
     // A run in flight when the server dies.
     let in_flight = server.exec_in_background(json!({"command": "sleep 4271"}));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(
-        common::host_processes_with("sleep 4271") >= 1,
-        "the run should be in flight"
-    );
+    assert!(common::host_processes_with("sleep 4271") >= 1, "the run should be in flight");
     server.crash_and_restart().await;
     let _ = in_flight.await;
     // The sandbox died with the server (parent-death signal), or at the latest on restart.
     assert_eq!(common::host_processes_with("sleep 4271"), 0);
     assert!(server.live_cgroups().is_empty());
     let stored = server
-        .get(
-            &format!("/api/v1/executions/{}", done["id"].as_str().expect("id")),
-            ADMIN_KEY,
-        )
+        .get(&format!("/api/v1/executions/{}", done["id"].as_str().expect("id")), ADMIN_KEY)
         .await;
     assert_eq!(stored.body["stdout"], "before\n");
-    assert_eq!(
-        server.exec(json!({"command": "echo after"})).await["stdout"],
-        "after\n"
-    );
+    assert_eq!(server.exec(json!({"command": "echo after"})).await["stdout"], "after\n");
 }
 
 #[tokio::test]

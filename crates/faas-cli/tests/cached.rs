@@ -17,10 +17,9 @@ fn matrix() -> Vec<(Value, Check)> {
                 && r["exit_code"] == 3
                 && r["status"] == "exited"
         }),
-        (
-            json!({"command": ["/bin/sh", "-c", "kill -SEGV $$"]}),
-            |r| r["status"] == "signaled" && r["signal"] == "SIGSEGV",
-        ),
+        (json!({"command": ["/bin/sh", "-c", "kill -SEGV $$"]}), |r| {
+            r["status"] == "signaled" && r["signal"] == "SIGSEGV"
+        }),
         (
             json!({"code": "import sys; print(sys.stdin.read().upper())", "language": "python", "stdin": "hi"}),
             |r| r["stdout"] == "HI\n",
@@ -29,18 +28,15 @@ fn matrix() -> Vec<(Value, Check)> {
             json!({"command": "echo \"$FOO\"; pwd", "env": {"FOO": "bar"}, "workdir": "/home/user/w"}),
             |r| r["stdout"] == "bar\n/home/user/w\n",
         ),
-        (
-            json!({"command": "trap '' TERM; sleep 4301 & sleep 4302", "timeout_ms": 400}),
-            |r| r["status"] == "timeout" && r["signal"] == "SIGKILL",
-        ),
-        (
-            json!({"code": "x = bytearray(300 << 20)", "language": "python", "memory_mb": 64}),
-            |r| r["status"] == "oom",
-        ),
-        (
-            json!({"command": "for i in $(seq 40); do sleep 4303 & done; wait", "pids": 8}),
-            |r| r["stderr"].as_str().is_some_and(|e| e.contains("fork")),
-        ),
+        (json!({"command": "trap '' TERM; sleep 4301 & sleep 4302", "timeout_ms": 400}), |r| {
+            r["status"] == "timeout" && r["signal"] == "SIGKILL"
+        }),
+        (json!({"code": "x = bytearray(300 << 20)", "language": "python", "memory_mb": 64}), |r| {
+            r["status"] == "oom"
+        }),
+        (json!({"command": "for i in $(seq 40); do sleep 4303 & done; wait", "pids": 8}), |r| {
+            r["stderr"].as_str().is_some_and(|e| e.contains("fork"))
+        }),
         (
             json!({"code": "import socket\ns = socket.socket(); s.settimeout(1)\nprint(s.connect_ex(('1.1.1.1', 80)) != 0)", "language": "python"}),
             |r| r["stdout"] == "True\n",
@@ -50,21 +46,13 @@ fn matrix() -> Vec<(Value, Check)> {
             |r| r["stdout"] == "1000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n1\n",
         ),
         (json!({"command": "ls /proc | grep -cE '^[0-9]+$'"}), |r| {
-            r["stdout"]
-                .as_str()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                .is_some_and(|n| n <= 6)
+            r["stdout"].as_str().and_then(|s| s.trim().parse::<u32>().ok()).is_some_and(|n| n <= 6)
         }),
-        (json!({"command": ["no-such-program"]}), |r| {
-            r["exit_code"] == 127
-        }),
+        (json!({"command": ["no-such-program"]}), |r| r["exit_code"] == 127),
         (json!({"command": "yes flood"}), |r| {
             r["stdout_truncated"] == true && r["stdout"].as_str().map(str::len) == Some(65536)
         }),
-        (
-            json!({"command": "exec head -c 8M /dev/zero > /tmp/big"}),
-            |r| r["signal"] == "SIGXFSZ",
-        ),
+        (json!({"command": "exec head -c 8M /dev/zero > /tmp/big"}), |r| r["signal"] == "SIGXFSZ"),
     ]
 }
 
@@ -120,19 +108,13 @@ async fn fresh_sandboxes_share_nothing_and_reuse_keeps_state() {
 async fn prewarmed_pools_serve_hits_and_refill() {
     require_root!();
     let server = Server::start().await;
-    let warm = server
-        .post(
-            "/api/v1/prewarm",
-            ADMIN_KEY,
-            json!({"count": 3, "memory_mb": 128}),
-        )
-        .await;
+    let warm =
+        server.post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 3, "memory_mb": 128})).await;
     assert_eq!(warm.status, 200, "{}", warm.body);
     assert_eq!(warm.body["idle"], 3);
     for _ in 0..2 {
-        let r = server
-            .exec(json!({"command": "echo warm", "mode": "cached", "memory_mb": 128}))
-            .await;
+        let r =
+            server.exec(json!({"command": "echo warm", "mode": "cached", "memory_mb": 128})).await;
         assert_eq!(r["stdout"], "warm\n");
     }
     let pools = server.get("/api/v1/pools", ADMIN_KEY).await.body;
@@ -146,13 +128,8 @@ async fn prewarmed_pools_serve_hits_and_refill() {
     assert!(pool["refill_ms_mean"].as_f64().expect("refill") > 0.0);
     // Another tenant does not see this pool.
     let bob = server.tenant_key("bob").await;
-    assert_eq!(
-        server.get("/api/v1/pools", &bob).await.body["pools"],
-        json!([])
-    );
-    let bad = server
-        .post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 0}))
-        .await;
+    assert_eq!(server.get("/api/v1/pools", &bob).await.body["pools"], json!([]));
+    let bad = server.post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 0})).await;
     assert_eq!(bad.status, 422);
 }
 
@@ -160,9 +137,7 @@ async fn prewarmed_pools_serve_hits_and_refill() {
 async fn an_empty_pool_still_serves_as_a_miss() {
     require_root!();
     let server = Server::start().await;
-    let r = server
-        .exec(json!({"command": "echo cold", "mode": "cached", "memory_mb": 96}))
-        .await;
+    let r = server.exec(json!({"command": "echo cold", "mode": "cached", "memory_mb": 96})).await;
     assert_eq!(r["stdout"], "cold\n");
     let pools = server.get("/api/v1/pools", ADMIN_KEY).await.body;
     assert_eq!(pools["pools"][0]["misses"], 1, "{pools}");
@@ -173,20 +148,15 @@ async fn contexts_keep_globals_between_calls() {
     require_root!();
     let server = Server::start().await;
     for (language, set, get) in [
-        (
-            "python",
-            "x = 41\ndata = list(range(1000))",
-            "print(x + 1, len(data))",
-        ),
+        ("python", "x = 41\ndata = list(range(1000))", "print(x + 1, len(data))"),
         (
             "javascript",
             "var x = 41; const data = Array.from({length: 1000}, (_, i) => i);",
             "console.log(x + 1, data.length)",
         ),
     ] {
-        let created = server
-            .post("/api/v1/contexts", ADMIN_KEY, json!({"language": language}))
-            .await;
+        let created =
+            server.post("/api/v1/contexts", ADMIN_KEY, json!({"language": language})).await;
         assert_eq!(created.status, 201, "{}", created.body);
         let id = created.body["id"].as_str().expect("id").to_owned();
         let r = server.exec(json!({"code": set, "context_id": id})).await;
@@ -194,16 +164,12 @@ async fn contexts_keep_globals_between_calls() {
         let r = server.exec(json!({"code": get, "context_id": id})).await;
         assert_eq!(r["stdout"], "42 1000\n", "{language}: {r}");
         // An exception is a failed run, not a dead context.
-        let r = server
-            .exec(json!({"code": "throw_me_a_name_error_", "context_id": id}))
-            .await;
+        let r = server.exec(json!({"code": "throw_me_a_name_error_", "context_id": id})).await;
         assert_eq!(r["exit_code"], 1);
         assert!(!r["stderr"].as_str().expect("stderr").is_empty());
         let r = server.exec(json!({"code": get, "context_id": id})).await;
         assert_eq!(r["stdout"], "42 1000\n");
-        let info = server
-            .get(&format!("/api/v1/contexts/{id}"), ADMIN_KEY)
-            .await;
+        let info = server.get(&format!("/api/v1/contexts/{id}"), ADMIN_KEY).await;
         assert_eq!(info.body["runs"], 4);
     }
 }
@@ -214,58 +180,25 @@ async fn a_context_survives_a_timeout_and_belongs_to_its_tenant() {
     let server = Server::start().await;
     let alice = server.tenant_key("alice").await;
     let bob = server.tenant_key("bob").await;
-    let created = server
-        .post("/api/v1/contexts", &alice, json!({"language": "python"}))
-        .await;
+    let created = server.post("/api/v1/contexts", &alice, json!({"language": "python"})).await;
     let id = created.body["id"].as_str().expect("id").to_owned();
-    server
-        .exec_as(&alice, json!({"code": "x = 1", "context_id": id}))
-        .await;
+    server.exec_as(&alice, json!({"code": "x = 1", "context_id": id})).await;
     let r = server
-        .exec_as(
-            &alice,
-            json!({"code": "while True: pass", "context_id": id, "timeout_ms": 300}),
-        )
+        .exec_as(&alice, json!({"code": "while True: pass", "context_id": id, "timeout_ms": 300}))
         .await;
     assert_eq!(r["status"], "timeout", "{r}");
-    let r = server
-        .exec_as(&alice, json!({"code": "print(x)", "context_id": id}))
-        .await;
-    assert_eq!(
-        r["stdout"], "1\n",
-        "the interrupt must leave the globals: {r}"
-    );
-    let other = server
-        .post(
-            "/api/v1/execute",
-            &bob,
-            json!({"code": "print(x)", "context_id": id}),
-        )
-        .await;
+    let r = server.exec_as(&alice, json!({"code": "print(x)", "context_id": id})).await;
+    assert_eq!(r["stdout"], "1\n", "the interrupt must leave the globals: {r}");
+    let other =
+        server.post("/api/v1/execute", &bob, json!({"code": "print(x)", "context_id": id})).await;
     assert_eq!(other.status, 404);
-    assert_eq!(
-        server
-            .get(&format!("/api/v1/contexts/{id}"), &bob)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(server.get(&format!("/api/v1/contexts/{id}"), &bob).await.status, 404);
     let deleted = server
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/contexts/{id}"),
-            Some(&alice),
-            None,
-        )
+        .request(reqwest::Method::DELETE, &format!("/api/v1/contexts/{id}"), Some(&alice), None)
         .await;
     assert_eq!(deleted.status, 204);
-    let gone = server
-        .post(
-            "/api/v1/execute",
-            &alice,
-            json!({"code": "print(x)", "context_id": id}),
-        )
-        .await;
+    let gone =
+        server.post("/api/v1/execute", &alice, json!({"code": "print(x)", "context_id": id})).await;
     assert_eq!(gone.status, 404);
 }
 
@@ -282,43 +215,24 @@ async fn reused_sandboxes_retire_after_max_uses() {
         v
     };
     // Two calls per sandbox: new, used, then a new sandbox: new, used.
-    assert_eq!(
-        outputs,
-        vec![
-            json!("new\n"),
-            json!("used\n"),
-            json!("new\n"),
-            json!("used\n")
-        ]
-    );
+    assert_eq!(outputs, vec![json!("new\n"), json!("used\n"), json!("new\n"), json!("used\n")]);
 }
 
 #[tokio::test]
 async fn the_memory_budget_caps_idle_sandboxes() {
     require_root!();
     let server = Server::start_with("[pools]\nmemory_budget_mb = 200\n").await;
-    let warm = server
-        .post(
-            "/api/v1/prewarm",
-            ADMIN_KEY,
-            json!({"count": 8, "memory_mb": 64}),
-        )
-        .await;
+    let warm =
+        server.post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 8, "memory_mb": 64})).await;
     assert_eq!(warm.status, 200, "{}", warm.body);
-    assert_eq!(
-        warm.body["idle"], 3,
-        "200 MiB holds three idle 64 MiB sandboxes: {}",
-        warm.body
-    );
+    assert_eq!(warm.body["idle"], 3, "200 MiB holds three idle 64 MiB sandboxes: {}", warm.body);
 }
 
 #[tokio::test]
 async fn unused_pools_are_emptied() {
     require_root!();
     let server = Server::start_with("[pools]\nidle_timeout_secs = 1\n").await;
-    let warm = server
-        .post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 2}))
-        .await;
+    let warm = server.post("/api/v1/prewarm", ADMIN_KEY, json!({"count": 2})).await;
     assert_eq!(warm.body["idle"], 2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
@@ -326,14 +240,8 @@ async fn unused_pools_are_emptied() {
         if pools["pools"] == json!([]) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pool was never emptied: {pools}"
-        );
+        assert!(std::time::Instant::now() < deadline, "the pool was never emptied: {pools}");
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(
-        server.live_cgroups().is_empty(),
-        "evicted sandboxes left cgroups"
-    );
+    assert!(server.live_cgroups().is_empty(), "evicted sandboxes left cgroups");
 }

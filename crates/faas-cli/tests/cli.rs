@@ -21,13 +21,7 @@ async fn exec_prints_output_and_exits_with_the_programs_code() {
     let server = Server::start().await;
     let out = faas(
         &server,
-        &[
-            "exec",
-            "--language",
-            "python",
-            "-c",
-            "import sys; print('hi'); sys.exit(4)",
-        ],
+        &["exec", "--language", "python", "-c", "import sys; print('hi'); sys.exit(4)"],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     assert_eq!(out.status.code(), Some(4));
@@ -46,11 +40,7 @@ async fn keys_are_minted_listed_and_revoked() {
     require_root!();
     let server = Server::start().await;
     let out = faas(&server, &["keys", "create", "--tenant", "dave"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(key.starts_with("faas_"));
     let list = faas(&server, &["keys", "list", "--tenant", "dave"]);
@@ -75,17 +65,10 @@ async fn keys_are_minted_listed_and_revoked() {
 #[test]
 fn doctor_reports_this_host() {
     require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
-        .arg("doctor")
-        .output()
-        .expect("run faas");
+    let out = Command::new(env!("CARGO_BIN_EXE_faas")).arg("doctor").output().expect("run faas");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for check in ["namespaces", "overlayfs", "cgroups", "seccomp", "criu"] {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("ok") && l.contains(check)),
-            "{check}: {text}"
-        );
+        assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {text}");
     }
 }

@@ -17,10 +17,7 @@ async fn sees_no_host_process() {
     let pids: u32 = lines[0].trim().parse().expect("count");
     // init, sh, ls, grep, wc: nothing else.
     assert!(pids <= 5, "the sandbox sees {pids} processes");
-    assert_eq!(
-        lines[1], "2",
-        "the program is the second process of its own pid namespace"
-    );
+    assert_eq!(lines[1], "2", "the program is the second process of its own pid namespace");
     // Our own (host) pid is not visible inside.
     let mine = std::process::id();
     let r = server.exec(json!({"command": format!("test -e /proc/{mine}/cmdline && echo visible || echo hidden")})).await;
@@ -48,12 +45,7 @@ async fn cannot_write_the_image_or_the_host() {
     );
     // The image is untouched for the next run.
     let r = server.exec(json!({"command": format!("cat /tmp/{marker} 2>&1; tail -c 2 /etc/passwd | od -c | head -1")})).await;
-    assert!(
-        r["stdout"]
-            .as_str()
-            .expect("stdout")
-            .contains("No such file")
-    );
+    assert!(r["stdout"].as_str().expect("stdout").contains("No such file"));
 }
 
 #[tokio::test]
@@ -62,10 +54,7 @@ async fn sees_no_host_secret_paths() {
     let server = Server::start().await;
     let r = server.exec(json!({"command": "ls /root 2>&1; ls /var/lib 2>&1; cat /etc/shadow 2>&1; ls /sys 2>&1 | head -1"})).await;
     let out = r["stdout"].as_str().expect("stdout");
-    assert!(
-        out.contains("Permission denied") || out.contains("No such file"),
-        "{out}"
-    );
+    assert!(out.contains("Permission denied") || out.contains("No such file"), "{out}");
     assert!(!out.contains("faas.db"));
     assert!(out.contains("/etc/shadow: No such file"), "{out}");
 }
@@ -75,12 +64,10 @@ async fn cannot_mount_or_make_namespaces_or_gain_privileges() {
     require_root!();
     let server = Server::start().await;
     let r = server
-        .exec(
-            json!({"command": "mount -t tmpfs none /tmp 2>/dev/null && echo mounted; \
+        .exec(json!({"command": "mount -t tmpfs none /tmp 2>/dev/null && echo mounted; \
             unshare -r true 2>/dev/null && echo unshared; \
             unshare -n true 2>/dev/null && echo netns; \
-            grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -u"}),
-        )
+            grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -u"}))
         .await;
     let out = r["stdout"].as_str().expect("stdout");
     assert!(
@@ -114,9 +101,7 @@ async fn has_no_network_to_the_host() {
          \x20   except OSError as e:\n\
          \x20       print(host, 'blocked', e.errno)\n"
     );
-    let r = server
-        .exec(json!({"code": code, "language": "python"}))
-        .await;
+    let r = server.exec(json!({"code": code, "language": "python"})).await;
     let out = r["stdout"].as_str().expect("stdout");
     assert!(!out.contains("connected"), "{out}");
     assert_eq!(out.lines().count(), 3, "{r}");

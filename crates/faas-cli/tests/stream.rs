@@ -16,14 +16,10 @@ type Socket =
 async fn connect(server: &Server) -> Socket {
     let url = server.url.replace("http://", "ws://") + "/api/v1/execute/stream";
     let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_KEY}").parse().expect("header"),
-    );
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket")
-        .0
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
+    tokio_tungstenite::connect_async(request).await.expect("websocket").0
 }
 
 async fn next_event(socket: &mut Socket) -> Value {
@@ -49,17 +45,10 @@ async fn output_arrives_before_the_program_ends() {
         let mut socket = connect(&server).await;
         let code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')";
         let req = json!({"code": code, "language": "python", "mode": mode});
-        socket
-            .send(Message::Text(req.to_string().into()))
-            .await
-            .expect("send");
+        socket.send(Message::Text(req.to_string().into())).await.expect("send");
         let first = next_event(&mut socket).await;
         let first_at = Instant::now();
-        assert_eq!(
-            first,
-            json!({"type": "stdout", "data": "first\n"}),
-            "{mode}"
-        );
+        assert_eq!(first, json!({"type": "stdout", "data": "first\n"}), "{mode}");
         let mut last = next_event(&mut socket).await;
         while last["type"] != "exit" {
             last = next_event(&mut socket).await;
@@ -80,16 +69,9 @@ async fn stdin_sent_over_the_socket_reaches_the_program() {
     for mode in ["ephemeral", "cached"] {
         let mut socket = connect(&server).await;
         let req = json!({"code": "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)", "language": "python", "mode": mode});
+        socket.send(Message::Text(req.to_string().into())).await.expect("send");
         socket
-            .send(Message::Text(req.to_string().into()))
-            .await
-            .expect("send");
-        socket
-            .send(Message::Text(
-                json!({"type": "stdin", "data": "hello\n"})
-                    .to_string()
-                    .into(),
-            ))
+            .send(Message::Text(json!({"type": "stdin", "data": "hello\n"}).to_string().into()))
             .await
             .expect("stdin");
         assert_eq!(
@@ -98,21 +80,12 @@ async fn stdin_sent_over_the_socket_reaches_the_program() {
             "{mode}"
         );
         socket
-            .send(Message::Text(
-                json!({"type": "stdin", "data": "again\n"})
-                    .to_string()
-                    .into(),
-            ))
+            .send(Message::Text(json!({"type": "stdin", "data": "again\n"}).to_string().into()))
             .await
             .expect("stdin");
-        assert_eq!(
-            next_event(&mut socket).await,
-            json!({"type": "stdout", "data": "AGAIN\n"})
-        );
+        assert_eq!(next_event(&mut socket).await, json!({"type": "stdout", "data": "AGAIN\n"}));
         socket
-            .send(Message::Text(
-                json!({"type": "close_stdin"}).to_string().into(),
-            ))
+            .send(Message::Text(json!({"type": "close_stdin"}).to_string().into()))
             .await
             .expect("eof");
         let exit = next_event(&mut socket).await;
@@ -128,10 +101,7 @@ async fn closing_the_socket_kills_the_run() {
     for (mode, marker) in [("ephemeral", "sleep 4311"), ("cached", "sleep 4312")] {
         let mut socket = connect(&server).await;
         let req = json!({"command": format!("echo started; {marker}"), "mode": mode});
-        socket
-            .send(Message::Text(req.to_string().into()))
-            .await
-            .expect("send");
+        socket.send(Message::Text(req.to_string().into())).await.expect("send");
         assert_eq!(next_event(&mut socket).await["data"], "started\n");
         assert!(common::host_processes_with(marker) >= 1);
         drop(socket);
@@ -139,11 +109,7 @@ async fn closing_the_socket_kills_the_run() {
         while common::host_processes_with(marker) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(
-            common::host_processes_with(marker),
-            0,
-            "{mode}: the run outlived its client"
-        );
+        assert_eq!(common::host_processes_with(marker), 0, "{mode}: the run outlived its client");
     }
 }
 
@@ -168,10 +134,7 @@ async fn server_sent_events_stream_too() {
             first_at = Some(started.elapsed());
         }
     }
-    assert!(
-        first_at.expect("stdout event") < Duration::from_millis(800),
-        "{text}"
-    );
+    assert!(first_at.expect("stdout event") < Duration::from_millis(800), "{text}");
     assert!(
         text.contains("event: stdout")
             && text.contains("event: stderr")
@@ -185,10 +148,7 @@ async fn a_bad_first_message_gets_an_error_event() {
     require_root!();
     let server = Server::start().await;
     let mut socket = connect(&server).await;
-    socket
-        .send(Message::Text("{\"nope\": 1}".into()))
-        .await
-        .expect("send");
+    socket.send(Message::Text("{\"nope\": 1}".into())).await.expect("send");
     let event = next_event(&mut socket).await;
     assert_eq!(event["type"], "error");
     assert_eq!(event["error"]["code"], "invalid_request");

@@ -22,21 +22,12 @@ pub struct Failure {
 }
 
 pub fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// `Err` with the current errno when a libc call returned a negative value.
 pub fn check(ret: libc::c_int, stage: &'static str) -> Result<(), Failure> {
-    if ret < 0 {
-        Err(Failure {
-            stage,
-            errno: errno(),
-        })
-    } else {
-        Ok(())
-    }
+    if ret < 0 { Err(Failure { stage, errno: errno() }) } else { Ok(()) }
 }
 
 /// Who the process becomes and what it may use.
@@ -50,6 +41,8 @@ pub struct Confinement {
     pub max_file_bytes: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// Create the workdir (as the user) when it is missing.
+    pub create_workdir: bool,
 }
 
 /// The highest capability number of this kernel.
@@ -65,7 +58,22 @@ fn cstr(bytes: &[u8]) -> CString {
     CString::new(bytes).unwrap_or_default()
 }
 
-/// `mkdir -p`, giving the directories it creates to `uid:gid` (the caller is root).
+/// `mkdir -p` with the caller's own identity.
+fn mkdir_p(path: &Path) -> Result<(), Failure> {
+    let mut current = std::path::PathBuf::from("/");
+    for part in path.components().skip(1) {
+        current.push(part);
+        let c = cstr(current.as_os_str().as_bytes());
+        // SAFETY: valid C string.
+        if unsafe { libc::mkdir(c.as_ptr(), 0o755) } < 0 && errno() != libc::EEXIST {
+            return Err(Failure { stage: "mkdir workdir", errno: errno() });
+        }
+    }
+    Ok(())
+}
+
+/// `mkdir -p`, giving the directories it creates to `uid:gid`. For a root caller in a
+/// sandbox no user process has touched yet (PID 1's setup): the path cannot be raced.
 pub fn mkdir_owned(path: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
     let mut current = std::path::PathBuf::from("/");
     for part in path.components().skip(1) {
@@ -76,10 +84,7 @@ pub fn mkdir_owned(path: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
             if libc::mkdir(c.as_ptr(), 0o755) == 0 {
                 check(libc::chown(c.as_ptr(), uid, gid), "chown dir")?;
             } else if errno() != libc::EEXIST {
-                return Err(Failure {
-                    stage: "mkdir workdir",
-                    errno: errno(),
-                });
+                return Err(Failure { stage: "mkdir workdir", errno: errno() });
             }
         }
     }
@@ -104,18 +109,13 @@ pub fn confine(
         // (Not setsid: a new session also costs a scheduler autogroup per process.)
         check(libc::setpgid(0, 0), "setpgid")?;
         libc::umask(0o022);
-        let workdir = cstr(c.workdir.as_bytes());
-        check(libc::chdir(workdir.as_ptr()), "chdir workdir")?;
         let limits = [
             (libc::RLIMIT_NOFILE, c.max_open_files),
             (libc::RLIMIT_FSIZE, c.max_file_bytes),
             (libc::RLIMIT_CORE, 0),
         ];
         for (resource, value) in limits {
-            let rlim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
+            let rlim = libc::rlimit { rlim_cur: value, rlim_max: value };
             check(libc::setrlimit(resource, &rlim), "rlimit")?;
         }
         // The bounding set needs CAP_SETPCAP, so it goes before the uid change; the uid
@@ -137,6 +137,13 @@ pub fn confine(
         check(libc::setgroups(1, groups.as_ptr()), "setgroups")?;
         check(libc::setresgid(c.gid, c.gid, c.gid), "setgid")?;
         check(libc::setresuid(c.uid, c.uid, c.uid), "setuid")?;
+        // Only now, as the sandbox user: a workdir path the user controls (symlinks
+        // included) can never lead a privileged mkdir or chdir anywhere.
+        if c.create_workdir {
+            mkdir_p(Path::new(&c.workdir))?;
+        }
+        let workdir = cstr(c.workdir.as_bytes());
+        check(libc::chdir(workdir.as_ptr()), "chdir workdir")?;
         // Handled signals fall back to their defaults at exec, ignored ones stay ignored:
         // our parents ignore SIGPIPE (Rust's runtime does) and SIGCHLD (the launcher).
         for sig in [libc::SIGPIPE, libc::SIGCHLD] {
@@ -198,14 +205,7 @@ pub fn exec(argv: &[String], env: &[String]) -> Failure {
             .unwrap_or("/usr/local/bin:/usr/bin:/bin");
         path.split(':')
             .filter(|d| !d.is_empty())
-            .map(|d| {
-                cstr(
-                    Path::new(d)
-                        .join(OsStr::new(program))
-                        .as_os_str()
-                        .as_bytes(),
-                )
-            })
+            .map(|d| cstr(Path::new(d).join(OsStr::new(program)).as_os_str().as_bytes()))
             .collect()
     };
     let mut last = libc::ENOENT;
@@ -218,8 +218,5 @@ pub fn exec(argv: &[String], env: &[String]) -> Failure {
             last = e;
         }
     }
-    Failure {
-        stage: "exec",
-        errno: last,
-    }
+    Failure { stage: "exec", errno: last }
 }

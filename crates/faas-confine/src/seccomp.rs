@@ -134,10 +134,7 @@ impl Filters {
         )
         .map_err(SeccompError::Build)?;
         let deny: BpfProgram = filter.try_into().map_err(SeccompError::Build)?;
-        Ok(Self {
-            guard: guard_program()?,
-            deny,
-        })
+        Ok(Self { guard: guard_program()?, deny })
     }
 
     /// Installs both filters on the calling thread (sets no_new_privs first).

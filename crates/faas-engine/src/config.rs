@@ -27,6 +27,32 @@ pub struct Config {
     pub agent_path: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub pools: PoolConfig,
+    pub instances: InstanceConfig,
+}
+
+/// Persistent instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub default_disk_mb: u64,
+    pub max_disk_mb: u64,
+    pub max_per_tenant: usize,
+    /// The longest TTL or idle timeout a request may set, in seconds.
+    pub max_timeout_secs: u64,
+    /// Largest file upload (`PUT .../files`).
+    pub max_upload_mb: u64,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            default_disk_mb: 1024,
+            max_disk_mb: 20 * 1024,
+            max_per_tenant: 100,
+            max_timeout_secs: 30 * 86400,
+            max_upload_mb: 1024,
+        }
+    }
 }
 
 /// Warm pools (cached mode) and language contexts.
@@ -46,6 +72,8 @@ pub struct PoolConfig {
     /// A context nobody ran code in for this long is deleted.
     pub context_idle_timeout_secs: u64,
     pub max_contexts_per_tenant: usize,
+    /// Reused sandboxes (`reuse: true`) one tenant may keep parked between calls.
+    pub max_parked_per_tenant: usize,
 }
 
 impl Default for PoolConfig {
@@ -58,6 +86,7 @@ impl Default for PoolConfig {
             memory_budget_mb: 8192,
             context_idle_timeout_secs: 1800,
             max_contexts_per_tenant: 16,
+            max_parked_per_tenant: 16,
         }
     }
 }
@@ -97,15 +126,14 @@ impl Default for Config {
             agent_path: None,
             limits: LimitsConfig::default(),
             pools: PoolConfig::default(),
+            instances: InstanceConfig::default(),
         }
     }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         Self {
             default_timeout_ms: 10_000,
             max_timeout_ms: 300_000,
@@ -141,14 +169,9 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 
     /// The agent binary: configured, or `faas-agent` beside the running executable.

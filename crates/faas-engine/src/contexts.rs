@@ -43,10 +43,7 @@ impl Contexts {
             .get(id)
             .filter(|e| e.tenant == tenant.0)
             .cloned()
-            .ok_or_else(|| EngineError::NotFound {
-                kind: "context",
-                id: id.to_owned(),
-            })
+            .ok_or_else(|| EngineError::NotFound { kind: "context", id: id.to_owned() })
     }
 
     /// Deletes contexts idle longer than `timeout`.
@@ -56,11 +53,7 @@ impl Contexts {
             let ids: Vec<String> = entries
                 .iter()
                 .filter(|(_, e)| {
-                    e.last_used
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .elapsed()
-                        > timeout
+                    e.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > timeout
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -94,18 +87,6 @@ impl Engine {
             }
         };
         let max = self.config.pools.max_contexts_per_tenant;
-        if self
-            .contexts
-            .lock()
-            .values()
-            .filter(|e| e.tenant == tenant.0)
-            .count()
-            >= max
-        {
-            return Err(EngineError::Conflict {
-                message: format!("a tenant may hold at most {max} contexts"),
-            });
-        }
         let image = self.image(req.image.as_deref())?;
         let limits = self.limits(&LimitRequest {
             timeout_ms: None,
@@ -114,34 +95,54 @@ impl Engine {
             pids: req.pids,
         })?;
         let env = self.env(&image, req.env)?;
-        let key = PoolKey::new(tenant, &image, &limits, None);
-        let (sandbox, _) = self.pools.checkout(&key, &image).await?;
-        let confine = self.confine("/home/user");
-        if let Err(e) = sandbox
-            .context_create(INTERPRETER, language, env, confine)
-            .await
-        {
-            discard(sandbox);
-            return Err(e.into());
-        }
+        let _permit = self.admit()?;
         let info = ContextInfo {
             id: format!("ctx_{}", uuid::Uuid::now_v7().simple()),
             language: language.into(),
-            image: image.name,
+            image: image.name.clone(),
             created_at_ms: crate::execute::now_ms(),
             runs: 0,
         };
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             info: Mutex::new(info.clone()),
             tenant: tenant.0.clone(),
-            sandbox: tokio::sync::Mutex::new(Some(sandbox)),
+            sandbox: tokio::sync::Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
             runs: AtomicU64::new(0),
-        };
-        self.contexts
-            .lock()
-            .insert(info.id.clone(), Arc::new(entry));
-        Ok(info)
+        });
+        // The slot is taken before any await, so concurrent creations cannot pass the cap.
+        {
+            let mut entries = self.contexts.lock();
+            if entries.values().filter(|e| e.tenant == tenant.0).count() >= max {
+                return Err(EngineError::Conflict {
+                    message: format!("a tenant may hold at most {max} contexts"),
+                });
+            }
+            entries.insert(info.id.clone(), Arc::clone(&entry));
+        }
+        let key = PoolKey::new(tenant, &image, &limits, None);
+        let created = async {
+            let (sandbox, _) = self.pools.checkout(&key, &image).await?;
+            let confine = self.confine("/home/user");
+            match sandbox.context_create(INTERPRETER, language, env, confine).await {
+                Ok(()) => Ok(sandbox),
+                Err(e) => {
+                    discard(sandbox);
+                    Err(EngineError::from(e))
+                }
+            }
+        }
+        .await;
+        match created {
+            Ok(sandbox) => {
+                *entry.sandbox.lock().await = Some(sandbox);
+                Ok(info)
+            }
+            Err(e) => {
+                self.contexts.lock().remove(&info.id);
+                Err(e)
+            }
+        }
     }
 
     pub fn context(&self, tenant: &Tenant, id: &str) -> Result<ContextInfo, EngineError> {
@@ -159,10 +160,8 @@ impl Engine {
             .filter(|(_, e)| e.tenant == tenant.0)
             .map(|(id, _)| id.clone())
             .collect();
-        let mut list: Vec<ContextInfo> = ids
-            .iter()
-            .filter_map(|id| self.context(tenant, id).ok())
-            .collect();
+        let mut list: Vec<ContextInfo> =
+            ids.iter().filter_map(|id| self.context(tenant, id).ok()).collect();
         list.sort_by_key(|c| c.created_at_ms);
         list
     }
@@ -186,16 +185,12 @@ impl Engine {
         io: RunIo,
     ) -> Result<RunOutcome, EngineError> {
         let entry = self.contexts.get(tenant, id)?;
-        let guard = entry
-            .sandbox
-            .try_lock()
-            .map_err(|_| EngineError::Conflict {
-                message: format!("context {id} is running other code"),
-            })?;
-        let sandbox = guard.as_ref().ok_or_else(|| EngineError::NotFound {
-            kind: "context",
-            id: id.to_owned(),
+        let guard = entry.sandbox.try_lock().map_err(|_| EngineError::Conflict {
+            message: format!("context {id} is running other code"),
         })?;
+        let sandbox = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::NotFound { kind: "context", id: id.to_owned() })?;
         *entry.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         entry.runs.fetch_add(1, Ordering::Relaxed);
         match sandbox.context_run(INTERPRETER, code, timeout, io).await {
@@ -222,9 +217,9 @@ pub(crate) fn spawn_janitor(engine: std::sync::Weak<Engine>, pools: std::sync::W
             let (Some(engine), Some(_)) = (engine.upgrade(), pools.upgrade()) else {
                 return;
             };
-            engine.contexts.expire(Duration::from_secs(
-                engine.config.pools.context_idle_timeout_secs,
-            ));
+            engine
+                .contexts
+                .expire(Duration::from_secs(engine.config.pools.context_idle_timeout_secs));
         }
     });
 }

@@ -16,30 +16,14 @@ pub struct Check {
 
 pub fn run() -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut add = |name, ok, detail: String, needed_for| {
-        checks.push(Check {
-            name,
-            ok,
-            detail,
-            needed_for,
-        })
-    };
+    let mut add =
+        |name, ok, detail: String, needed_for| checks.push(Check { name, ok, detail, needed_for });
 
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    add(
-        "root",
-        euid == 0,
-        format!("euid {euid}"),
-        "every sandbox (namespaces, mounts, cgroups)",
-    );
+    add("root", euid == 0, format!("euid {euid}"), "every sandbox (namespaces, mounts, cgroups)");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    add(
-        "kernel",
-        !kernel.is_empty(),
-        kernel.trim().to_owned(),
-        "everything",
-    );
+    add("kernel", !kernel.is_empty(), kernel.trim().to_owned(), "everything");
     let missing_ns: Vec<&str> = ["pid", "mnt", "net", "uts", "ipc", "cgroup"]
         .into_iter()
         .filter(|ns| !Path::new("/proc/self/ns").join(ns).exists())
@@ -55,17 +39,11 @@ pub fn run() -> Vec<Check> {
         "every sandbox",
     );
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let overlay = filesystems
-        .lines()
-        .any(|l| l.trim_end().ends_with("overlay"));
+    let overlay = filesystems.lines().any(|l| l.trim_end().ends_with("overlay"));
     add(
         "overlayfs",
         overlay,
-        if overlay {
-            "available".into()
-        } else {
-            "not in /proc/filesystems".into()
-        },
+        if overlay { "available".into() } else { "not in /proc/filesystems".into() },
         "every sandbox (root filesystem)",
     );
     match CgroupRoot::probe("faas") {
@@ -76,18 +54,11 @@ pub fn run() -> Vec<Check> {
     add(
         "seccomp",
         seccomp.is_ok(),
-        seccomp
-            .map(|_| "filter builds".into())
-            .unwrap_or_else(|e| e.to_string()),
+        seccomp.map(|_| "filter builds".into()).unwrap_or_else(|e| e.to_string()),
         "every sandbox",
     );
     let pidfd = Path::new("/proc/self/fdinfo").exists() && kernel_at_least(&kernel, 5, 10);
-    add(
-        "pidfd + clone3",
-        pidfd,
-        "kernel >= 5.10".into(),
-        "every sandbox",
-    );
+    add("pidfd + clone3", pidfd, "kernel >= 5.10".into(), "every sandbox");
 
     let criu = criu_version();
     let criu_ok = criu.as_ref().is_some_and(|(_, v)| *v >= (4, 2));
@@ -100,28 +71,16 @@ pub fn run() -> Vec<Check> {
         },
         "snapshots, checkpointed and branched modes (not implemented in this build yet)",
     );
-    let bwrap = Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let bwrap = Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
     add(
         "bubblewrap",
         bwrap,
-        if bwrap {
-            "found".into()
-        } else {
-            "not found".into()
-        },
+        if bwrap { "found".into() } else { "not found".into() },
         "the benchmark's reference run only",
     );
     for (name, path) in [("python3", "/usr/bin/python3"), ("node", "/usr/bin/node")] {
         let ok = Path::new(path).exists();
-        add(
-            name,
-            ok,
-            path.into(),
-            "that language in the built-in host image",
-        );
+        add(name, ok, path.into(), "that language in the built-in host image");
     }
     add(
         "network egress",
@@ -133,10 +92,7 @@ pub fn run() -> Vec<Check> {
 }
 
 fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (a, b) >= (major, minor)
 }
@@ -149,10 +105,7 @@ pub fn criu_version() -> Option<(String, (u32, u32))> {
             let out = Command::new(path).arg("--version").output().ok()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let version = text.lines().find_map(|l| l.strip_prefix("Version: "))?;
-            let mut parts = version
-                .trim()
-                .split('.')
-                .map(|p| p.parse::<u32>().unwrap_or(0));
+            let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
             Some((path.to_owned(), (parts.next()?, parts.next().unwrap_or(0))))
         })
         .max_by_key(|(_, v)| *v)

@@ -16,6 +16,12 @@ pub enum EngineError {
     /// The resource is in a state that does not allow this now (409).
     #[error("{message}")]
     Conflict { message: String },
+    /// Not allowed on this path or resource (403).
+    #[error("{message}")]
+    Forbidden { message: String },
+    /// The instance's disk is full (507).
+    #[error("{message}")]
+    DiskFull { message: String },
     /// Too many sandboxes are running (503).
     #[error("the server is at its limit of {limit} concurrent sandboxes")]
     Overloaded { limit: usize },

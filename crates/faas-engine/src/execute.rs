@@ -29,10 +29,7 @@ pub struct Streams {
 const RUNNING_RECORD_AFTER: Duration = Duration::from_millis(100);
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Engine {
@@ -43,45 +40,33 @@ impl Engine {
         streams: Streams,
     ) -> Result<ExecutionResult, EngineError> {
         let plan = self.plan(req)?;
-        let _permit =
-            self.admission
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| EngineError::Overloaded {
-                    limit: self.config.max_concurrent_sandboxes,
-                })?;
-        let id = format!("ex_{}", uuid::Uuid::now_v7().simple());
-        let mode = if plan.context_id.is_some() {
-            Mode::Cached
-        } else {
-            plan.mode
-        };
-        let mut record = ExecutionResult {
-            id: id.clone(),
-            status: ExecStatus::Running,
-            exit_code: None,
-            signal: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            duration_ms: 0.0,
-            usage: Usage::default(),
-            limits: plan.limits,
-            mode,
-            image: plan.image.name.clone(),
-            created_at_ms: now_ms(),
-        };
-        let io = RunIo {
-            stdin: plan.stdin.clone(),
-            stdin_stream: streams.stdin,
-            sink: streams.sink,
-            output_limit: plan.limits.output_bytes as usize,
-            cancel: streams.cancel,
-        };
-        // A run still going after RUNNING_RECORD_AFTER is recorded as running, so a crash
-        // leaves a `lost` record behind; a quicker one is written once, with its result.
-        let run = self.run_plan(tenant, id, plan, io);
+        let _permit = self.admit()?;
+        let mode = if plan.context_id.is_some() { Mode::Cached } else { plan.mode };
+        let record = new_record(mode, &plan.image.name, plan.limits);
+        let io = run_io(&plan, streams);
+        let id = record.id.clone();
+        // Boxed: the run's future is deep (sandbox, agent, pools) and would otherwise sit on
+        // the worker's stack.
+        self.record_run(tenant, record, Box::pin(self.run_plan(tenant, id, plan, io))).await
+    }
+
+    /// A slot under the concurrent-sandbox limit, or 503.
+    pub(crate) fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
+        self.admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| EngineError::Overloaded { limit: self.config.max_concurrent_sandboxes })
+    }
+
+    /// Runs `run` and keeps its record. A run still going after RUNNING_RECORD_AFTER is
+    /// recorded as running, so a crash leaves a `lost` record behind; a quicker one is
+    /// written once, with its result.
+    pub(crate) async fn record_run(
+        &self,
+        tenant: &Tenant,
+        mut record: ExecutionResult,
+        run: impl std::future::Future<Output = Result<RunOutcome, EngineError>>,
+    ) -> Result<ExecutionResult, EngineError> {
         tokio::pin!(run);
         let mut recorded = false;
         let outcome = tokio::select! {
@@ -94,7 +79,19 @@ impl Engine {
                 outcome
             }
         };
-        fill_result(&mut record, outcome?);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if recorded {
+                    // No result will come: the record must not stay "running".
+                    record.status = ExecStatus::Lost;
+                    record.stderr = format!("faas: the run failed: {e}");
+                    self.store.finish_execution(&record).await?;
+                }
+                return Err(e);
+            }
+        };
+        fill_result(&mut record, outcome);
         if recorded {
             self.store.finish_execution(&record).await?;
         } else {
@@ -113,13 +110,11 @@ impl Engine {
         let timeout = Duration::from_millis(plan.limits.timeout_ms);
         if let Some(context) = &plan.context_id {
             let code = plan.code.clone().unwrap_or_default();
-            return self
-                .run_in_context(tenant, context, code, timeout, io)
-                .await;
+            return self.run_in_context(tenant, context, code, timeout, io).await;
         }
         match plan.mode {
-            Mode::Cached => self.run_cached(tenant, plan, io).await,
-            _ => self.run_ephemeral(id, plan, io).await,
+            Mode::Cached => Box::pin(self.run_cached(tenant, plan, io)).await,
+            _ => Box::pin(self.run_ephemeral(id, plan, io)).await,
         }
     }
 
@@ -155,6 +150,7 @@ impl Engine {
                 gid: self.config.sandbox_gid,
                 max_file_bytes: self.config.limits.max_file_mb << 20,
                 max_open_files: self.config.limits.max_open_files,
+                disk_image: None,
                 agent: None,
             },
             blob,
@@ -178,9 +174,8 @@ impl Engine {
     ) -> Result<RunOutcome, EngineError> {
         let key = PoolKey::new(tenant, &plan.image, &plan.limits, plan.reuse.clone());
         let (sandbox, _hit) = self.pools.checkout(&key, &plan.image).await?;
-        let (uid, gid) = (self.config.sandbox_uid, self.config.sandbox_gid);
         for (path, content) in &plan.files {
-            if let Err(e) = sandbox.write_file(path, content, 0o644, uid, gid).await {
+            if let Err(e) = sandbox.write_file(path, content, 0o644).await {
                 discard(sandbox);
                 return Err(e.into());
             }
@@ -194,10 +189,7 @@ impl Engine {
         };
         let outcome = sandbox.exec(request).await;
         match (&plan.reuse, &outcome) {
-            (Some(_), Ok(_)) => {
-                let uses = sandbox.uses();
-                self.pools.checkin(&key, sandbox, uses);
-            }
+            (Some(_), Ok(_)) => self.pools.checkin(&key, sandbox).await,
             _ => discard(sandbox),
         }
         Ok(outcome?)
@@ -211,10 +203,41 @@ impl Engine {
         self.store
             .execution(&tenant.0, id)
             .await?
-            .ok_or_else(|| EngineError::NotFound {
-                kind: "execution",
-                id: id.to_owned(),
-            })
+            .ok_or_else(|| EngineError::NotFound { kind: "execution", id: id.to_owned() })
+    }
+}
+
+/// A new record, status running, for a run about to start.
+pub(crate) fn new_record(
+    mode: Mode,
+    image: &str,
+    limits: faas_api::AppliedLimits,
+) -> ExecutionResult {
+    ExecutionResult {
+        id: format!("ex_{}", uuid::Uuid::now_v7().simple()),
+        status: ExecStatus::Running,
+        exit_code: None,
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        duration_ms: 0.0,
+        usage: Usage::default(),
+        limits,
+        mode,
+        image: image.to_owned(),
+        created_at_ms: now_ms(),
+    }
+}
+
+pub(crate) fn run_io(plan: &Plan, streams: Streams) -> RunIo {
+    RunIo {
+        stdin: plan.stdin.clone(),
+        stdin_stream: streams.stdin,
+        sink: streams.sink,
+        output_limit: plan.limits.output_bytes as usize,
+        cancel: streams.cancel,
     }
 }
 
@@ -232,11 +255,7 @@ fn fill_result(record: &mut ExecutionResult, outcome: RunOutcome) {
             let reason = std::io::Error::from_raw_os_error(errno);
             stderr
                 .extend_from_slice(format!("faas: {}: {reason}\n", not_started(&stage)).as_bytes());
-            (
-                ExecStatus::Exited,
-                Some(if errno == libc::ENOENT { 127 } else { 126 }),
-                None,
-            )
+            (ExecStatus::Exited, Some(if errno == libc::ENOENT { 127 } else { 126 }), None)
         }
     };
     record.status = status;

@@ -54,22 +54,12 @@ impl LocalImages {
         fs::rename(&staging, &rootfs)?;
         check_overlay_path(&rootfs)?;
         let env = vec![
-            (
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ),
+            ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ("HOME".into(), "/home/user".into()),
             ("USER".into(), "user".into()),
             ("LANG".into(), "C.UTF-8".into()),
         ];
-        Ok(Self {
-            host: Image {
-                name: DEFAULT_IMAGE.into(),
-                rootfs,
-                binds,
-                env,
-            },
-        })
+        Ok(Self { host: Image { name: DEFAULT_IMAGE.into(), rootfs, binds, env } })
     }
 }
 
@@ -117,10 +107,7 @@ fn build_host_skeleton(root: &Path, uid: u32, gid: u32) -> io::Result<Vec<BindMo
     }
     std::os::unix::fs::chown(root.join("home/user"), Some(uid), Some(gid))?;
 
-    let mut binds = vec![BindMount {
-        source: "/usr".into(),
-        target: "/usr".into(),
-    }];
+    let mut binds = vec![BindMount { source: "/usr".into(), target: "/usr".into() }];
     // Merged-/usr hosts have /bin -> usr/bin and so on; older ones have real directories,
     // which are bound like /usr.
     for name in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
@@ -131,10 +118,7 @@ fn build_host_skeleton(root: &Path, uid: u32, gid: u32) -> io::Result<Vec<BindMo
             }
             Ok(meta) if meta.is_dir() => {
                 dir(name, 0o755)?;
-                binds.push(BindMount {
-                    source: host,
-                    target: format!("/{name}"),
-                });
+                binds.push(BindMount { source: host, target: format!("/{name}") });
             }
             _ => {}
         }
@@ -147,19 +131,10 @@ fn build_host_skeleton(root: &Path, uid: u32, gid: u32) -> io::Result<Vec<BindMo
             "root:x:0:0:root:/root:/bin/sh\nuser:x:{uid}:{gid}:user:/home/user:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         ),
     )?;
-    fs::write(
-        etc.join("group"),
-        format!("root:x:0:\nuser:x:{gid}:\nnogroup:x:65534:\n"),
-    )?;
+    fs::write(etc.join("group"), format!("root:x:0:\nuser:x:{gid}:\nnogroup:x:65534:\n"))?;
     fs::write(etc.join("hostname"), "sandbox\n")?;
-    fs::write(
-        etc.join("hosts"),
-        "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n",
-    )?;
-    fs::write(
-        etc.join("nsswitch.conf"),
-        "passwd: files\ngroup: files\nhosts: files dns\n",
-    )?;
+    fs::write(etc.join("hosts"), "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n")?;
+    fs::write(etc.join("nsswitch.conf"), "passwd: files\ngroup: files\nhosts: files dns\n")?;
     fs::write(etc.join("resolv.conf"), "")?;
     // What programs from the host's /usr expect to find in /etc: no secrets among them.
     for file in ["ld.so.cache", "ld.so.conf", "mime.types"] {

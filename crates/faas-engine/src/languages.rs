@@ -12,40 +12,34 @@ pub const LANGUAGES: &[Language] = &[
     Language {
         name: "python",
         aliases: &["python3", "py"],
-        file: "/code/main.py",
-        argv: &["python3", "/code/main.py"],
+        file: "/tmp/code/main.py",
+        argv: &["python3", "/tmp/code/main.py"],
     },
     Language {
         name: "javascript",
         aliases: &["js", "node", "nodejs"],
-        file: "/code/main.js",
-        argv: &["node", "/code/main.js"],
+        file: "/tmp/code/main.js",
+        argv: &["node", "/tmp/code/main.js"],
     },
     Language {
         name: "bash",
         aliases: &[],
-        file: "/code/main.sh",
-        argv: &["bash", "/code/main.sh"],
+        file: "/tmp/code/main.sh",
+        argv: &["bash", "/tmp/code/main.sh"],
     },
     Language {
         name: "sh",
         aliases: &["shell"],
-        file: "/code/main.sh",
-        argv: &["sh", "/code/main.sh"],
+        file: "/tmp/code/main.sh",
+        argv: &["sh", "/tmp/code/main.sh"],
     },
 ];
 
 pub fn find(name: &str) -> Option<&'static Language> {
     let name = name.to_ascii_lowercase();
-    LANGUAGES
-        .iter()
-        .find(|l| l.name == name || l.aliases.contains(&name.as_str()))
+    LANGUAGES.iter().find(|l| l.name == name || l.aliases.contains(&name.as_str()))
 }
 
 pub fn names() -> String {
-    LANGUAGES
-        .iter()
-        .map(|l| l.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    LANGUAGES.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
 }

@@ -8,6 +8,7 @@ pub mod doctor;
 mod error;
 mod execute;
 pub mod images;
+mod instances;
 mod languages;
 mod plan;
 mod pool;
@@ -23,6 +24,7 @@ pub use config::Config;
 pub use error::EngineError;
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
+pub use instances::FileRead;
 use plan::LimitRequest;
 use pool::{PoolKey, Pools};
 
@@ -39,6 +41,7 @@ pub struct Engine {
     admission: Arc<Semaphore>,
     pools: Arc<Pools>,
     contexts: contexts::Contexts,
+    instances: instances::Instances,
 }
 
 fn startup(
@@ -88,9 +91,12 @@ impl Engine {
             store: Arc::new(store),
             pools: Arc::clone(&pools),
             contexts: contexts::Contexts::default(),
+            instances: instances::Instances::default(),
             config,
         });
+        engine.recover_instances().await?;
         contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
+        instances::spawn_janitor(Arc::downgrade(&engine));
         Ok(engine)
     }
 
@@ -125,13 +131,7 @@ impl Engine {
             cpu: req.cpu,
             pids: req.pids,
         })?;
-        self.pools
-            .prewarm(
-                PoolKey::new(tenant, &image, &limits, None),
-                &image,
-                req.count,
-            )
-            .await
+        self.pools.prewarm(PoolKey::new(tenant, &image, &limits, None), &image, req.count).await
     }
 
     /// The caller's pools (an admin's `None`: everyone's).
@@ -144,5 +144,6 @@ impl Engine {
         self.admission.close();
         self.sandboxes.kill_all();
         self.pools.drain().await;
+        self.stop_all_instances().await;
     }
 }

@@ -32,18 +32,11 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> EngineError {
-    EngineError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    EngineError::Invalid { field, reason: reason.into() }
 }
 
 fn no_nul(field: &'static str, s: &str) -> Result<(), EngineError> {
-    if s.contains('\0') {
-        Err(invalid(field, "must not contain NUL bytes"))
-    } else {
-        Ok(())
-    }
+    if s.contains('\0') { Err(invalid(field, "must not contain NUL bytes")) } else { Ok(()) }
 }
 
 /// Limits the caller may leave out: the server's defaults fill in.
@@ -112,11 +105,7 @@ impl Engine {
                     )
                 })?;
                 let argv = language.argv.iter().map(|s| s.to_string()).collect();
-                (
-                    argv,
-                    vec![(language.file.to_owned(), code.into_bytes())],
-                    None,
-                )
+                (argv, vec![(language.file.to_owned(), code.into_bytes())], None)
             }
         };
         let env = self.env(&image, req.env)?;
@@ -150,10 +139,7 @@ impl Engine {
         let name = name.unwrap_or(DEFAULT_IMAGE);
         self.images
             .resolve(name)
-            .ok_or_else(|| EngineError::NotFound {
-                kind: "image",
-                id: name.to_owned(),
-            })
+            .ok_or_else(|| EngineError::NotFound { kind: "image", id: name.to_owned() })
     }
 
     /// The image's environment with the request's on top, as `KEY=VALUE`.
@@ -202,18 +188,9 @@ impl Engine {
         }
         let pids = req.pids.unwrap_or(c.default_pids);
         if pids == 0 || pids > c.max_pids {
-            return Err(invalid(
-                "pids",
-                format!("must be between 1 and {}", c.max_pids),
-            ));
+            return Err(invalid("pids", format!("must be between 1 and {}", c.max_pids)));
         }
-        Ok(AppliedLimits {
-            timeout_ms,
-            memory_mb,
-            cpu,
-            pids,
-            output_bytes: c.output_bytes,
-        })
+        Ok(AppliedLimits { timeout_ms, memory_mb, cpu, pids, output_bytes: c.output_bytes })
     }
 
     /// Who a process in a sandbox runs as, and its per-process limits.

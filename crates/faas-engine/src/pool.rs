@@ -142,6 +142,7 @@ impl Pools {
             gid: self.gid,
             max_file_bytes: self.max_file_bytes,
             max_open_files: self.max_open_files,
+            disk_image: None,
             agent: Some(AgentSpec { binary: agent }),
         }
     }
@@ -151,10 +152,7 @@ impl Pools {
         let agent = self.agent()?.clone();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb_{}_{n}", uuid::Uuid::now_v7().simple());
-        Ok(self
-            .sandboxes
-            .start_agent(id, self.spec(image, agent), key.limits())
-            .await?)
+        Ok(self.sandboxes.start_agent(id, self.spec(image, agent), key.limits()).await?)
     }
 
     /// A sandbox for one call: a warm one when there is one (a hit), else a new one.
@@ -167,11 +165,7 @@ impl Pools {
         self.agent()?;
         let warm = {
             let mut pools = self.lock();
-            let default_idle = if key.reuse.is_some() {
-                1
-            } else {
-                self.config.default_idle
-            };
+            let default_idle = if key.reuse.is_some() { 1 } else { self.config.default_idle };
             let pool = pools.entry(key.clone()).or_insert_with(|| Pool::new(image));
             if pool.target == 0 {
                 pool.target = default_idle.min(self.config.max_idle);
@@ -202,14 +196,30 @@ impl Pools {
         Ok(sandbox)
     }
 
-    /// Returns a reused sandbox to its pool, or destroys it when spent.
-    pub fn checkin(self: &Arc<Self>, key: &PoolKey, sandbox: AgentSandbox, uses: u64) {
-        if !sandbox.is_alive() || uses >= self.config.max_uses {
+    /// Returns a reused sandbox to its pool, or destroys it when spent. What the call left
+    /// running is killed first: parked sandboxes hold no processes, and they count against
+    /// the memory budget and the tenant's cap on parked sandboxes like warm ones.
+    pub async fn checkin(self: &Arc<Self>, key: &PoolKey, sandbox: AgentSandbox) {
+        if !sandbox.is_alive()
+            || sandbox.uses() >= self.config.max_uses
+            || sandbox.kill_processes().await.is_err()
+        {
             return discard(sandbox);
         }
         let mut pools = self.lock();
+        let over_budget =
+            Self::idle_memory_mb(&pools) + key.memory_mb > self.config.memory_budget_mb;
+        let parked: usize = pools
+            .iter()
+            .filter(|(k, _)| k.tenant == key.tenant && k.reuse.is_some())
+            .map(|(_, p)| p.idle.len())
+            .sum();
         match pools.get_mut(key) {
-            Some(pool) if (pool.idle.len() as u32) < pool.target.max(1) => {
+            Some(pool)
+                if (pool.idle.len() as u32) < pool.target.max(1)
+                    && !over_budget
+                    && parked < self.config.max_parked_per_tenant =>
+            {
                 pool.idle.push_back(sandbox)
             }
             _ => {
@@ -220,10 +230,7 @@ impl Pools {
     }
 
     fn idle_memory_mb(pools: &HashMap<PoolKey, Pool>) -> u64 {
-        pools
-            .iter()
-            .map(|(k, p)| k.memory_mb * (p.idle.len() as u64 + p.refilling as u64))
-            .sum()
+        pools.iter().map(|(k, p)| k.memory_mb * (p.idle.len() as u64 + p.refilling as u64)).sum()
     }
 
     /// Starts sandboxes in the background until the pool holds its target.
@@ -365,16 +372,7 @@ pub(crate) fn discard(sandbox: AgentSandbox) {
 
 fn info(key: &PoolKey, pool: Option<&Pool>) -> PoolInfo {
     let (idle, target, hits, misses, refills, refill_time) = pool
-        .map(|p| {
-            (
-                p.idle.len() as u32,
-                p.target,
-                p.hits,
-                p.misses,
-                p.refills,
-                p.refill_time,
-            )
-        })
+        .map(|p| (p.idle.len() as u32, p.target, p.hits, p.misses, p.refills, p.refill_time))
         .unwrap_or_default();
     PoolInfo {
         tenant: key.tenant.clone(),

@@ -30,11 +30,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(ApiError::AdminOnly)
-        }
+        if self.role == Role::Admin { Ok(()) } else { Err(ApiError::AdminOnly) }
     }
 }
 
@@ -50,10 +46,7 @@ fn random_hex(bytes: usize) -> String {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A fresh key and its record.
@@ -73,19 +66,13 @@ pub fn new_key(tenant: &str, name: Option<String>, role: Role) -> (String, KeyRe
 
 fn presented_key(parts: &Parts) -> Option<&str> {
     let headers = &parts.headers;
-    if let Some(value) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    if let Some(value) =
+        headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
     {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(token.trim());
+        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// Keys seen recently, so that a request does not cost a store lookup. Revoking through
@@ -101,10 +88,7 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 impl KeyCache {
     fn get(&self, hash: &str) -> Option<KeyRecord> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(k, _)| k.clone())
+        entries.get(hash).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(k, _)| k.clone())
     }
 
     fn put(&self, record: KeyRecord) {
@@ -116,10 +100,7 @@ impl KeyCache {
     }
 
     pub fn evict(&self, key_id: &str) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (k, _)| k.id != key_id);
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).retain(|_, (k, _)| k.id != key_id);
     }
 }
 
@@ -132,12 +113,8 @@ impl FromRequestParts<AppState> for Caller {
         let record = match state.keys.get(&hash) {
             Some(record) => record,
             None => {
-                let record = state
-                    .engine
-                    .store()
-                    .key_by_hash(&hash)
-                    .await?
-                    .ok_or(ApiError::BadKey)?;
+                let record =
+                    state.engine.store().key_by_hash(&hash).await?.ok_or(ApiError::BadKey)?;
                 state.keys.put(record.clone());
                 record
             }
@@ -145,10 +122,7 @@ impl FromRequestParts<AppState> for Caller {
         if record.revoked {
             return Err(ApiError::BadKey);
         }
-        Ok(Caller {
-            tenant: Tenant(record.tenant),
-            role: record.role,
-        })
+        Ok(Caller { tenant: Tenant(record.tenant), role: record.role })
     }
 }
 
@@ -161,11 +135,7 @@ pub async fn bootstrap_admin(
     let store = engine.store();
     if let Some(key) = configured.filter(|k| !k.is_empty()) {
         let hash = hash_key(&key);
-        match store
-            .key_by_hash(&hash)
-            .await
-            .map_err(ServeError::AdminKey)?
-        {
+        match store.key_by_hash(&hash).await.map_err(ServeError::AdminKey)? {
             Some(existing) if existing.revoked => {
                 tracing::warn!(id = %existing.id, "FAAS_API_KEY names a revoked key; it stays revoked")
             }
@@ -180,10 +150,7 @@ pub async fn bootstrap_admin(
                     created_at_ms: now_ms(),
                     revoked: false,
                 };
-                store
-                    .insert_key(record)
-                    .await
-                    .map_err(ServeError::AdminKey)?;
+                store.insert_key(record).await.map_err(ServeError::AdminKey)?;
             }
         }
         return Ok(());
@@ -191,11 +158,7 @@ pub async fn bootstrap_admin(
     if store.has_admin_key().await.map_err(ServeError::AdminKey)? {
         return Ok(());
     }
-    let (key, record) = new_key(
-        ADMIN_TENANT,
-        Some("bootstrap (generated)".into()),
-        Role::Admin,
-    );
+    let (key, record) = new_key(ADMIN_TENANT, Some("bootstrap (generated)".into()), Role::Admin);
     let path = engine.config().data_dir.join("admin.key");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -205,10 +168,7 @@ pub async fn bootstrap_admin(
         .open(&path)
         .map_err(ServeError::AdminKeyFile)?;
     writeln!(file, "{key}").map_err(ServeError::AdminKeyFile)?;
-    store
-        .insert_key(record)
-        .await
-        .map_err(ServeError::AdminKey)?;
+    store.insert_key(record).await.map_err(ServeError::AdminKey)?;
     println!("faas admin key written to {}", path.display());
     Ok(())
 }

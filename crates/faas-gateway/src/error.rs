@@ -56,6 +56,11 @@ impl ApiError {
                 EngineError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
                 EngineError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
                 EngineError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+                EngineError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+                EngineError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+                EngineError::Sandbox(RunError::Agent(
+                    faas_sandbox::agent::AgentError::TooLarge(_),
+                )) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 EngineError::Sandbox(RunError::Setup { .. }) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed")
                 }
@@ -81,12 +86,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn body(status: StatusCode, code: &str, message: String) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code.into(),
-            message,
-        },
-    };
+    let body = ErrorBody { error: ErrorDetail { code: code.into(), message } };
     (status, axum::Json(body)).into_response()
 }
 
@@ -100,10 +100,7 @@ impl ApiError {
         } else {
             self.to_string()
         };
-        ErrorDetail {
-            code: code.into(),
-            message,
-        }
+        ErrorDetail { code: code.into(), message }
     }
 }
 
@@ -123,9 +120,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = body(status, code, message);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

@@ -23,12 +23,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::Body
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
-                _ => ApiError::MalformedJson(e.to_string()),
-            })
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
+            _ => ApiError::MalformedJson(e.to_string()),
+        })
     }
 }
 

@@ -49,19 +49,10 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
     let engine = Engine::start(config).await?;
     auth::bootstrap_admin(&engine, admin_key).await?;
 
-    let app = router(
-        AppState {
-            engine: Arc::clone(&engine),
-            keys: Arc::default(),
-        },
-        body_limit,
-    );
+    let app = router(AppState { engine: Arc::clone(&engine), keys: Arc::default() }, body_limit);
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: listen,
-            source,
-        })?;
+        .map_err(|source| ServeError::Bind { addr: listen, source })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     // Tests and scripts read this line to find the port.
     println!("faas listening on http://{local}");

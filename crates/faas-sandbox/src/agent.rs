@@ -14,6 +14,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+/// How long a single-answer request (a listing, a context start, ...) may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new agent may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,6 +29,10 @@ pub enum AgentError {
     Version(u32),
     #[error("the agent is gone")]
     Gone,
+    #[error("a request of {0} bytes is larger than the agent protocol allows")]
+    TooLarge(usize),
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("the agent refused: {message}")]
     Refused { message: String, errno: Option<i32> },
 }
@@ -76,10 +82,7 @@ impl AgentClient {
                 }
             }
             // The agent is gone: every waiter sees its channel close.
-            reader_routes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            reader_routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
         Ok(Self {
             writer: tokio::sync::Mutex::new(writer),
@@ -93,18 +96,12 @@ impl AgentClient {
     pub fn subscribe(&self) -> (u64, mpsc::UnboundedReceiver<Message>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         (id, rx)
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
     pub async fn send(&self, request: &Request, data: &[u8]) -> Result<(), AgentError> {
@@ -113,12 +110,11 @@ impl AgentClient {
         }
         let mut frame = Vec::with_capacity(64 + data.len());
         protocol::encode(request, data, &mut frame);
-        self.writer
-            .lock()
-            .await
-            .write_all(&frame)
-            .await
-            .map_err(|_| AgentError::Gone)
+        // The agent ends the connection (and the sandbox) on an oversized frame: refuse it here.
+        if frame.len() - 4 > protocol::MAX_FRAME {
+            return Err(AgentError::TooLarge(frame.len()));
+        }
+        self.writer.lock().await.write_all(&frame).await.map_err(|_| AgentError::Gone)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -130,15 +126,17 @@ impl AgentClient {
         let (id, mut rx) = self.subscribe();
         let sent = self.send(&make(id), &[]).await;
         let answer = match sent {
-            Ok(()) => rx.recv().await.ok_or(AgentError::Gone),
+            Ok(()) => match tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await {
+                Ok(answer) => answer.ok_or(AgentError::Gone),
+                Err(_) => Err(AgentError::Timeout(CALL_TIMEOUT)),
+            },
             Err(e) => Err(e),
         };
         self.unsubscribe(id);
         match answer? {
-            Message {
-                event: Event::Error { message, errno, .. },
-                ..
-            } => Err(AgentError::Refused { message, errno }),
+            Message { event: Event::Error { message, errno, .. }, .. } => {
+                Err(AgentError::Refused { message, errno })
+            }
             message => Ok(message),
         }
     }
@@ -162,10 +160,7 @@ async fn next_frame(
                 });
                 let data = data.to_vec();
                 buf.drain(..used);
-                return Ok(Message {
-                    event: event?,
-                    data,
-                });
+                return Ok(Message { event: event?, data });
             }
             Ok(None) => {}
             Err(e) => {

@@ -39,11 +39,16 @@ pub struct ExecRequest {
 pub struct AgentSandbox {
     id: String,
     sandboxes: Arc<Sandboxes>,
-    cgroup: Option<Cgroup>,
+    cgroup: std::sync::Mutex<Option<Cgroup>>,
     pidfd: Arc<OwnedFd>,
     agent: Arc<AgentClient>,
     pub created_at: Instant,
     pub limits: Limits,
+    /// The sandbox user: files are read and written with its identity.
+    uid: u32,
+    gid: u32,
+    /// Set when the host killed the sandbox (a missed deadline): it takes no more work.
+    killed: std::sync::atomic::AtomicBool,
     uses: std::sync::atomic::AtomicU64,
 }
 
@@ -61,19 +66,18 @@ impl Sandboxes {
             Ok((pidfd, agent)) => Ok(AgentSandbox {
                 id,
                 sandboxes: Arc::clone(self),
-                cgroup: Some(cgroup),
+                cgroup: std::sync::Mutex::new(Some(cgroup)),
                 pidfd,
                 agent: Arc::new(agent),
                 created_at: Instant::now(),
                 limits,
+                uid: spec.uid,
+                gid: spec.gid,
+                killed: std::sync::atomic::AtomicBool::new(false),
                 uses: std::sync::atomic::AtomicU64::new(0),
             }),
             Err(e) => {
-                let pidfd = self
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                let pidfd = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 if let Some(pidfd) = pidfd {
                     kill(pidfd.as_raw_fd());
                     let _ = wait_exit(&pidfd).await;
@@ -93,21 +97,11 @@ impl Sandboxes {
     ) -> Result<(Arc<OwnedFd>, AgentClient), RunError> {
         let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
         let (status_r, status_w) = pipe_pair()?;
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| RunError::Io(e.into()))?;
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| RunError::Io(e.into()))?;
         // The agent's own stdout and stderr go to the server's stderr (its log).
-        let fds = vec![
-            devnull.as_raw_fd(),
-            2,
-            2,
-            status_w.as_raw_fd(),
-            theirs.as_raw_fd(),
-        ];
+        let fds = vec![devnull.as_raw_fd(), 2, 2, status_w.as_raw_fd(), theirs.as_raw_fd()];
         let launched = self.launch(id, spec, cgroup, fds, false).await?;
         drop((status_w, theirs, devnull));
         // EOF on the status pipe: PID 1 exec'd the agent (or wrote why it could not).
@@ -119,10 +113,7 @@ impl Sandboxes {
             return Err(failure);
         }
         if !matches!(read, Ok(Ok(_))) {
-            return Err(RunError::Setup {
-                stage: "agent start".into(),
-                errno: libc::ETIMEDOUT,
-            });
+            return Err(RunError::Setup { stage: "agent start".into(), errno: libc::ETIMEDOUT });
         }
         let agent = AgentClient::connect(ours).await?;
         Ok((launched.pidfd, agent))
@@ -136,11 +127,22 @@ impl AgentSandbox {
 
     /// Whether the sandbox can still take work.
     pub fn is_alive(&self) -> bool {
-        self.agent.is_connected()
+        self.agent.is_connected() && !self.killed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Kills every process in the sandbox but the agent (a reused sandbox between calls).
+    pub async fn kill_processes(&self) -> Result<(), RunError> {
+        self.agent.call(|id| Request::KillAll { id }).await?;
+        Ok(())
     }
 
     pub fn usage(&self) -> CgroupUsage {
-        self.cgroup.as_ref().map(Cgroup::usage).unwrap_or_default()
+        self.cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Cgroup::usage)
+            .unwrap_or_default()
     }
 
     /// How many commands and context runs this sandbox has served.
@@ -177,14 +179,9 @@ impl AgentSandbox {
         let started = Instant::now();
         self.agent.send(&exec, &[]).await?;
         if has_stdin {
-            self.feed_stdin(
-                id,
-                std::mem::take(&mut req.io.stdin),
-                req.io.stdin_stream.take(),
-            );
+            self.feed_stdin(id, std::mem::take(&mut req.io.stdin), req.io.stdin_stream.take());
         }
-        self.collect(id, rx, started, req.timeout, req.io, before)
-            .await
+        self.collect(id, rx, started, req.timeout, req.io, before).await
     }
 
     /// Sends stdin on a task of its own: it may arrive long after the process started.
@@ -196,27 +193,18 @@ impl AgentSandbox {
     ) {
         let agent = Arc::clone(&self.agent);
         tokio::spawn(async move {
-            if !first.is_empty() {
-                let eof = stream.is_none();
-                if agent
-                    .send(&Request::Stdin { id, eof }, &first)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if eof {
+            // Frames have a size limit: stdin goes in chunks.
+            for piece in first.chunks(faas_agent::protocol::CHUNK) {
+                if agent.send(&Request::Stdin { id, eof: false }, piece).await.is_err() {
                     return;
                 }
             }
             if let Some(mut stream) = stream {
                 while let Some(chunk) = stream.recv().await {
-                    if agent
-                        .send(&Request::Stdin { id, eof: false }, &chunk)
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    for piece in chunk.chunks(faas_agent::protocol::CHUNK) {
+                        if agent.send(&Request::Stdin { id, eof: false }, piece).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -225,7 +213,7 @@ impl AgentSandbox {
     }
 
     fn begin_measure(&self) -> CgroupUsage {
-        if let Some(cgroup) = &self.cgroup {
+        if let Some(cgroup) = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             cgroup.reset_peak();
         }
         self.usage()
@@ -240,12 +228,7 @@ impl AgentSandbox {
         io: RunIo,
         before: CgroupUsage,
     ) -> Result<RunOutcome, RunError> {
-        let RunIo {
-            sink,
-            output_limit,
-            mut cancel,
-            ..
-        } = io;
+        let RunIo { sink, output_limit, mut cancel, .. } = io;
         let mut stdout = Capture::new(Stream::Stdout, output_limit);
         let mut stderr = Capture::new(Stream::Stderr, output_limit);
         let deadline = tokio::time::Instant::from_std(started + timeout + AGENT_SLACK);
@@ -264,36 +247,21 @@ impl AgentSandbox {
                 Ok(None) => return Err(RunError::Agent(AgentError::Gone)),
                 Err(_) => {
                     // The agent missed its own deadline: the sandbox is not trustworthy.
+                    self.killed.store(true, std::sync::atomic::Ordering::Relaxed);
                     kill(self.pidfd.as_raw_fd());
                     break RunEnd::TimedOut;
                 }
             };
             match message.event {
                 Event::Output { stream, .. } => {
-                    let capture = if stream == Stream::Stdout {
-                        &mut stdout
-                    } else {
-                        &mut stderr
-                    };
+                    let capture = if stream == Stream::Stdout { &mut stdout } else { &mut stderr };
                     if !capture.push(&message.data, sink.as_ref()) {
-                        let _ = self
-                            .agent
-                            .send(&Request::CloseOutput { id, stream }, &[])
-                            .await;
+                        let _ = self.agent.send(&Request::CloseOutput { id, stream }, &[]).await;
                     }
                 }
-                Event::Exit {
-                    exit_code,
-                    signal,
-                    timed_out,
-                    start_error,
-                    ..
-                } => {
+                Event::Exit { exit_code, signal, timed_out, start_error, .. } => {
                     break match (start_error, timed_out, exit_code, signal) {
-                        (Some(e), ..) => RunEnd::NotStarted {
-                            stage: e.stage,
-                            errno: e.errno,
-                        },
+                        (Some(e), ..) => RunEnd::NotStarted { stage: e.stage, errno: e.errno },
                         (None, true, ..) => RunEnd::TimedOut,
                         (None, false, Some(code), _) => RunEnd::Exited(code),
                         (None, false, None, signal) => {
@@ -324,15 +292,8 @@ impl AgentSandbox {
         })
     }
 
-    /// Creates or replaces a file inside the sandbox, owned by `uid:gid`.
-    pub async fn write_file(
-        &self,
-        path: &str,
-        content: &[u8],
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<u64, RunError> {
+    /// Creates or replaces a file inside the sandbox, as the sandbox user.
+    pub async fn write_file(&self, path: &str, content: &[u8], mode: u32) -> Result<u64, RunError> {
         let (id, mut rx) = self.agent.subscribe();
         let result = async {
             self.agent
@@ -341,8 +302,8 @@ impl AgentSandbox {
                         id,
                         path: path.to_owned(),
                         mode,
-                        uid,
-                        gid,
+                        uid: self.uid,
+                        gid: self.gid,
                     },
                     &[],
                 )
@@ -411,14 +372,10 @@ impl AgentSandbox {
         let request = Request::ContextRun {
             id,
             context: name.to_owned(),
-            code,
             timeout_ms: Some(timeout.as_millis() as u64),
         };
-        let result = match self.agent.send(&request, &[]).await {
-            Ok(()) => {
-                self.collect(id, &mut rx, started, timeout, io, before)
-                    .await
-            }
+        let result = match self.agent.send(&request, code.as_bytes()).await {
+            Ok(()) => self.collect(id, &mut rx, started, timeout, io, before).await,
             Err(e) => Err(e.into()),
         };
         self.agent.unsubscribe(id);
@@ -426,21 +383,137 @@ impl AgentSandbox {
     }
 
     /// Kills the sandbox, waits until it is gone and removes its cgroup.
-    pub async fn destroy(mut self) -> Result<(), RunError> {
+    pub async fn destroy(&self) -> Result<(), RunError> {
         kill(self.pidfd.as_raw_fd());
         let waited = wait_exit(&self.pidfd).await;
         self.sandboxes.unregister(&self.id);
-        if let Some(cgroup) = self.cgroup.take() {
+        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cgroup) = cgroup {
             cgroup.remove().await?;
         }
         waited
+    }
+
+    /// Reads a whole file from the sandbox, in chunks through `sink`.
+    pub async fn read_file(
+        &self,
+        path: &str,
+        sink: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> Result<u64, RunError> {
+        let (id, mut rx) = self.agent.subscribe();
+        let result = async {
+            self.agent
+                .send(
+                    &Request::FileRead { id, path: path.to_owned(), uid: self.uid, gid: self.gid },
+                    &[],
+                )
+                .await?;
+            loop {
+                match rx.recv().await.ok_or(AgentError::Gone)? {
+                    Message { event: Event::FileData { .. }, data } => {
+                        sink.send(data).await.map_err(|_| AgentError::Gone)?;
+                    }
+                    Message { event: Event::Done { size, .. }, .. } => return Ok(size),
+                    Message { event: Event::Error { message, errno, .. }, .. } => {
+                        return Err(AgentError::Refused { message, errno }.into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        self.agent.unsubscribe(id);
+        result
+    }
+
+    /// Writes a file from chunks as they arrive, as the sandbox user; returns its size.
+    pub async fn write_file_stream(
+        &self,
+        path: &str,
+        mode: u32,
+        mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<u64, RunError> {
+        let (id, mut rx) = self.agent.subscribe();
+        let result = async {
+            self.agent
+                .send(
+                    &Request::FileWrite {
+                        id,
+                        path: path.to_owned(),
+                        mode,
+                        uid: self.uid,
+                        gid: self.gid,
+                    },
+                    &[],
+                )
+                .await?;
+            while let Some(chunk) = chunks.recv().await {
+                for piece in chunk.chunks(faas_agent::protocol::CHUNK) {
+                    self.agent.send(&Request::FileChunk { id }, piece).await?;
+                }
+                // An early refusal (say, a path under a file) ends the upload at once.
+                if let Ok(Message { event: Event::Error { message, errno, .. }, .. }) =
+                    rx.try_recv()
+                {
+                    return Err(AgentError::Refused { message, errno }.into());
+                }
+            }
+            self.agent.send(&Request::FileEnd { id }, &[]).await?;
+            match rx.recv().await.ok_or(AgentError::Gone)?.event {
+                Event::Done { size, .. } => Ok(size),
+                Event::Error { message, errno, .. } => {
+                    Err(AgentError::Refused { message, errno }.into())
+                }
+                other => Err(AgentError::Refused {
+                    message: format!("unexpected answer {other:?}"),
+                    errno: None,
+                }
+                .into()),
+            }
+        }
+        .await;
+        self.agent.unsubscribe(id);
+        result
+    }
+
+    /// Lists a directory inside the sandbox.
+    pub async fn list_dir(
+        &self,
+        path: &str,
+    ) -> Result<Vec<faas_agent::protocol::DirEntry>, RunError> {
+        let answer = self
+            .agent
+            .call(|id| Request::FileList {
+                id,
+                path: path.to_owned(),
+                uid: self.uid,
+                gid: self.gid,
+            })
+            .await?;
+        serde_json::from_slice(&answer.data).map_err(|e| {
+            AgentError::Refused { message: format!("bad listing: {e}"), errno: None }.into()
+        })
+    }
+
+    /// Removes a file or directory inside the sandbox.
+    pub async fn delete_path(&self, path: &str, recursive: bool) -> Result<(), RunError> {
+        self.agent
+            .call(|id| Request::FileDelete {
+                id,
+                path: path.to_owned(),
+                recursive,
+                uid: self.uid,
+                gid: self.gid,
+            })
+            .await?;
+        Ok(())
     }
 }
 
 impl Drop for AgentSandbox {
     fn drop(&mut self) {
         // Dropped without destroy(): kill it and clean up in the background.
-        let Some(cgroup) = self.cgroup.take() else {
+        let Some(cgroup) = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         kill(self.pidfd.as_raw_fd());

@@ -31,11 +31,7 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        path: path.to_owned(),
-        op,
-        source,
-    }
+    move |source| CgroupError::Io { path: path.to_owned(), op, source }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,28 +122,17 @@ impl CgroupRoot {
         if let Some(mount) = v2_mount {
             let available =
                 fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-            let usable = V2_CONTROLLERS
-                .iter()
-                .all(|c| available.split_whitespace().any(|a| a == *c));
-            if usable
-                && !V1_CONTROLLERS
-                    .iter()
-                    .any(|c| v1.iter().any(|(v, _)| v == c))
-            {
+            let usable =
+                V2_CONTROLLERS.iter().all(|c| available.split_whitespace().any(|a| a == *c));
+            if usable && !V1_CONTROLLERS.iter().any(|c| v1.iter().any(|(v, _)| v == c)) {
                 return Ok(Self {
                     version: CgroupVersion::V2,
                     parents: vec![("", mount.join(parent))],
                 });
             }
         }
-        if V1_CONTROLLERS
-            .iter()
-            .all(|c| v1.iter().any(|(v, _)| v == c))
-        {
-            return Ok(Self {
-                version: CgroupVersion::V1,
-                parents: v1,
-            });
+        if V1_CONTROLLERS.iter().all(|c| v1.iter().any(|(v, _)| v == c)) {
+            return Ok(Self { version: CgroupVersion::V1, parents: v1 });
         }
         Err(CgroupError::Unavailable {
             reason: format!(
@@ -174,11 +159,8 @@ impl CgroupRoot {
         if self.version == CgroupVersion::V2 {
             // Children of our parent need the controllers delegated to them.
             let parent = &self.parents[0].1;
-            let enable = V2_CONTROLLERS
-                .iter()
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let enable =
+                V2_CONTROLLERS.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
             if let Some(grandparent) = parent.parent() {
                 write(&grandparent.join("cgroup.subtree_control"), &enable)?;
             }
@@ -258,35 +240,21 @@ fn key_in(text: &str, key: &str) -> u64 {
 
 impl Cgroup {
     fn new(version: CgroupVersion, parents: Vec<(&'static str, PathBuf)>, name: String) -> Self {
-        Self {
-            version,
-            parents,
-            name,
-            stats: std::sync::OnceLock::new(),
-        }
+        Self { version, parents, name, stats: std::sync::OnceLock::new() }
     }
 
     fn dir_of(&self, controller: &str) -> PathBuf {
         let parent = match self.version {
             CgroupVersion::V2 => &self.parents[0].1,
             CgroupVersion::V1 => {
-                &self
-                    .parents
-                    .iter()
-                    .find(|(c, _)| *c == controller)
-                    .expect("controller detected")
-                    .1
+                &self.parents.iter().find(|(c, _)| *c == controller).expect("controller detected").1
             }
         };
         parent.join(&self.name)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .parents
-            .iter()
-            .map(|(_, d)| d.join(&self.name))
-            .collect();
+        let mut dirs: Vec<PathBuf> = self.parents.iter().map(|(_, d)| d.join(&self.name)).collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -297,10 +265,7 @@ impl Cgroup {
         match self.version {
             CgroupVersion::V1 => {
                 let memory = self.dir_of("memory");
-                write(
-                    &memory.join("memory.limit_in_bytes"),
-                    &limits.memory_bytes.to_string(),
-                )?;
+                write(&memory.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
                 // Absent when swap accounting is off; then there is no swap to limit.
                 let memsw = memory.join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
@@ -309,10 +274,7 @@ impl Cgroup {
                 let cpu = self.dir_of("cpu");
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                write(
-                    &self.dir_of("pids").join("pids.max"),
-                    &limits.pids.to_string(),
-                )?;
+                write(&self.dir_of("pids").join("pids.max"), &limits.pids.to_string())?;
             }
             CgroupVersion::V2 => {
                 let dir = self.dir_of("");
@@ -334,10 +296,7 @@ impl Cgroup {
             .into_iter()
             .map(|dir| {
                 let path = dir.join("cgroup.procs");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(&path, "open"))
+                OpenOptions::new().write(true).open(&path).map_err(io_err(&path, "open"))
             })
             .collect()
     }
@@ -356,11 +315,7 @@ impl Cgroup {
                     }
                     CgroupVersion::V2 => {
                         let dir = self.dir_of("");
-                        (
-                            dir.join("cpu.stat"),
-                            dir.join("memory.peak"),
-                            dir.join("memory.events"),
-                        )
+                        (dir.join("cpu.stat"), dir.join("memory.peak"), dir.join("memory.events"))
                     }
                 };
                 Some(StatFiles {
@@ -375,11 +330,8 @@ impl Cgroup {
     /// Reads what the sandbox used. Missing files read as zero rather than failing the run.
     pub fn usage(&self) -> CgroupUsage {
         if let Some(files) = self.stat_files() {
-            let (cpu, peak, oom) = (
-                pread_text(&files.cpu),
-                pread_text(&files.peak),
-                pread_text(&files.oom),
-            );
+            let (cpu, peak, oom) =
+                (pread_text(&files.cpu), pread_text(&files.peak), pread_text(&files.oom));
             return CgroupUsage {
                 cpu_ns: match self.version {
                     CgroupVersion::V1 => cpu.trim().parse().unwrap_or(0),
@@ -452,11 +404,7 @@ impl Cgroup {
                         return Err(CgroupError::Busy { path: dir });
                     }
                     Err(source) => {
-                        return Err(CgroupError::Io {
-                            path: dir,
-                            op: "remove",
-                            source,
-                        });
+                        return Err(CgroupError::Io { path: dir, op: "remove", source });
                     }
                 }
             }
@@ -478,11 +426,7 @@ impl Cgroup {
                     }
                     Err(_) if attempt >= 200 => return Err(CgroupError::Busy { path: dir }),
                     Err(source) => {
-                        return Err(CgroupError::Io {
-                            path: dir,
-                            op: "remove",
-                            source,
-                        });
+                        return Err(CgroupError::Io { path: dir, op: "remove", source });
                     }
                 }
             }
@@ -497,9 +441,7 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 fn read_u64(path: &Path) -> u64 {
     let mut s = String::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut s))
-        .ok();
+    File::open(path).and_then(|mut f| f.read_to_string(&mut s)).ok();
     s.trim().parse().unwrap_or(0)
 }
 
@@ -528,11 +470,7 @@ mod tests {
     fn detects_v1_with_comounted_cpu() {
         let root = CgroupRoot::from_mountinfo(V1, "faas").expect("v1 detected");
         assert_eq!(root.version(), CgroupVersion::V1);
-        let cpu = root
-            .parents
-            .iter()
-            .find(|(c, _)| *c == "cpuacct")
-            .map(|(_, d)| d.clone());
+        let cpu = root.parents.iter().find(|(c, _)| *c == "cpuacct").map(|(_, d)| d.clone());
         assert_eq!(cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/faas")));
         assert_eq!(root.dirs().len(), 3);
     }

@@ -68,13 +68,7 @@ pub(crate) fn run(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     }
     // SAFETY: the launcher is single-threaded, so the child of this fork is consistent.
     match unsafe { libc::fork() } {
-        -1 => fail(
-            "setup",
-            Failure {
-                stage: "fork",
-                errno: errno(),
-            },
-        ),
+        -1 => fail("setup", Failure { stage: "fork", errno: errno() }),
         0 => payload(ctx, &msg.spec),
         pid => supervise(pid),
     }
@@ -92,10 +86,7 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     }
     targets.extend((0..msg.cgroup_fds as i32).map(|i| FD_FIRST_CGROUP + i));
     if targets.len() != fds.len() {
-        return Err(Failure {
-            stage: "fds",
-            errno: libc::EINVAL,
-        });
+        return Err(Failure { stage: "fds", errno: libc::EINVAL });
     }
     // First out of the way of the targets, then onto them.
     let mut high = Vec::with_capacity(fds.len());
@@ -121,10 +112,7 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     // The status pipe must not survive an exec: only PID 1 keeps it, so its EOF tells the
     // server that PID 1 has exec'd the agent, or (one-shot) that the sandbox is gone.
     // SAFETY: fcntl on our own descriptor.
-    check(
-        unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) },
-        "fds",
-    )
+    check(unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) }, "fds")
 }
 
 fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
@@ -132,18 +120,12 @@ fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
     unsafe {
         for i in 0..cgroup_fds as i32 {
             // "0" moves the writing process; our pid here would be 1, not the host's.
-            check(
-                libc::write(FD_FIRST_CGROUP + i, b"0".as_ptr().cast(), 1) as i32,
-                "cgroup join",
-            )?;
+            check(libc::write(FD_FIRST_CGROUP + i, b"0".as_ptr().cast(), 1) as i32, "cgroup join")?;
             libc::close(FD_FIRST_CGROUP + i);
         }
         check(libc::unshare(libc::CLONE_NEWCGROUP), "cgroup namespace")?;
         // If the launcher dies, so does this sandbox (and with PID 1, all of it).
-        check(
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
-            "pdeathsig",
-        )?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), "pdeathsig")?;
         // The launcher ignores SIGCHLD (the kernel reaps for it); PID 1 must wait itself.
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::umask(0);
@@ -151,10 +133,7 @@ fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
     mount_root(ctx, spec)?;
     let hostname = spec.hostname.as_bytes();
     // SAFETY: valid buffer and length.
-    check(
-        unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
-        "hostname",
-    )?;
+    check(unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) }, "hostname")?;
     loopback_up()?;
     write_files(spec)?;
     faas_confine::mkdir_owned(Path::new(&spec.workdir), spec.uid, spec.gid)
@@ -168,28 +147,12 @@ fn mount(
     data: &str,
     stage: &'static str,
 ) -> Step {
-    let (source, target, fstype, data) = (
-        cstr(source.as_bytes()),
-        cpath(target),
-        cstr(fstype.as_bytes()),
-        cstr(data.as_bytes()),
-    );
-    let data_ptr = if data.is_empty() {
-        std::ptr::null()
-    } else {
-        data.as_ptr().cast()
-    };
+    let (source, target, fstype, data) =
+        (cstr(source.as_bytes()), cpath(target), cstr(fstype.as_bytes()), cstr(data.as_bytes()));
+    let data_ptr = if data.is_empty() { std::ptr::null() } else { data.as_ptr().cast() };
     // SAFETY: all pointers are valid C strings (or NULL) for the duration of the call.
     check(
-        unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                flags,
-                data_ptr,
-            )
-        },
+        unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data_ptr) },
         stage,
     )
 }
@@ -198,24 +161,14 @@ fn mkdir(path: &Path, mode: libc::mode_t, stage: &'static str) -> Step {
     let p = cpath(path);
     // SAFETY: valid C string.
     if unsafe { libc::mkdir(p.as_ptr(), mode) } < 0 && errno() != libc::EEXIST {
-        return Err(Failure {
-            stage,
-            errno: errno(),
-        });
+        return Err(Failure { stage, errno: errno() });
     }
     Ok(())
 }
 
 fn bind_read_only(source: &Path, target: &Path) -> Step {
     use libc::{MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT};
-    mount(
-        &source.to_string_lossy(),
-        target,
-        "",
-        MS_BIND | MS_REC,
-        "",
-        "bind mount",
-    )?;
+    mount(&source.to_string_lossy(), target, "", MS_BIND | MS_REC, "", "bind mount")?;
     let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
     mount("none", target, "", flags, "", "bind mount read-only")
 }
@@ -224,30 +177,32 @@ fn bind_read_only(source: &Path, target: &Path) -> Step {
 /// tmpfs scratch -> overlay(image, scratch) -> read-only binds, /proc, /dev, /tmp.
 fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
     use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC};
-    mount(
-        "none",
-        Path::new("/"),
-        "",
-        MS_REC | MS_PRIVATE,
-        "",
-        "make mounts private",
-    )?;
+    mount("none", Path::new("/"), "", MS_REC | MS_PRIVATE, "", "make mounts private")?;
     let scratch = &ctx.scratch;
     let size = spec.scratch_bytes;
     let scratch_opts = format!("size={size},mode=0755");
-    mount(
-        "tmpfs",
-        scratch,
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        &scratch_opts,
-        "scratch tmpfs",
-    )?;
-    let (upper, work, root) = (
-        scratch.join("upper"),
-        scratch.join("work"),
-        scratch.join("root"),
-    );
+    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, &scratch_opts, "scratch tmpfs")?;
+    let layer = match &spec.disk_image {
+        Some(image) => {
+            let disk = scratch.join("disk");
+            mkdir(&disk, 0o755, "disk dir")?;
+            let (device, fd) = attach_loop(image)?;
+            let mounted = mount(
+                &device.to_string_lossy(),
+                &disk,
+                "ext4",
+                MS_NOSUID | MS_NODEV,
+                "",
+                "mount disk",
+            );
+            // SAFETY: our descriptor; once mounted, the mount holds the device.
+            unsafe { libc::close(fd) };
+            mounted?;
+            disk
+        }
+        None => scratch.to_path_buf(),
+    };
+    let (upper, work, root) = (layer.join("upper"), layer.join("work"), scratch.join("root"));
     for dir in [&upper, &work, &root] {
         mkdir(dir, 0o755, "scratch dirs")?;
     }
@@ -257,19 +212,9 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         upper.display(),
         work.display()
     );
-    mount(
-        "overlay",
-        &root,
-        "overlay",
-        MS_NOSUID,
-        &options,
-        "overlay root",
-    )?;
+    mount("overlay", &root, "overlay", MS_NOSUID, &options, "overlay root")?;
     for bind in &spec.binds {
-        bind_read_only(
-            &bind.source,
-            &root.join(bind.target.trim_start_matches('/')),
-        )?;
+        bind_read_only(&bind.source, &root.join(bind.target.trim_start_matches('/')))?;
     }
     if let Some(agent) = &spec.agent {
         // A file bind needs a file to cover; it is created in the scratch layer.
@@ -283,54 +228,20 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         })?;
         bind_read_only(&agent.binary, &target)?;
     }
-    mount(
-        "proc",
-        &root.join("proc"),
-        "proc",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "",
-        "proc",
-    )?;
+    mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
+    mask_proc(&root.join("proc"))?;
     let dev = root.join("dev");
-    mount(
-        "tmpfs",
-        &dev,
-        "tmpfs",
-        MS_NOSUID | MS_NOEXEC,
-        "size=65536,mode=0755",
-        "dev tmpfs",
-    )?;
+    mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=0755", "dev tmpfs")?;
     make_devices(&dev)?;
     let pts = dev.join("pts");
     mkdir(&pts, 0o755, "dev/pts")?;
     let pts_opts = "newinstance,ptmxmode=0666,mode=0620";
-    mount(
-        "devpts",
-        &pts,
-        "devpts",
-        MS_NOSUID | MS_NOEXEC,
-        pts_opts,
-        "devpts",
-    )?;
+    mount("devpts", &pts, "devpts", MS_NOSUID | MS_NOEXEC, pts_opts, "devpts")?;
     let shm = dev.join("shm");
     mkdir(&shm, 0o1777, "dev/shm")?;
     let tmpfs_opts = format!("size={size},mode=1777");
-    mount(
-        "tmpfs",
-        &shm,
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        &tmpfs_opts,
-        "dev/shm",
-    )?;
-    mount(
-        "tmpfs",
-        &root.join("tmp"),
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        &tmpfs_opts,
-        "tmp",
-    )?;
+    mount("tmpfs", &shm, "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "dev/shm")?;
+    mount("tmpfs", &root.join("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "tmp")?;
 
     let root_c = cpath(&root);
     let dot = cstr(b".");
@@ -342,13 +253,119 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
             libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32,
             "pivot_root",
         )?;
-        check(
-            libc::umount2(dot.as_ptr(), libc::MNT_DETACH),
-            "detach old root",
-        )?;
+        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH), "detach old root")?;
         check(libc::chdir(cstr(b"/").as_ptr()), "chdir /")?;
     }
     Ok(())
+}
+
+/// Parts of /proc that reach the whole host, which no sandbox may write or read: the
+/// sandbox has no user namespace, so its root (the agent) is the host's root. Directories
+/// are bound read-only over themselves; files are covered with /dev/null.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+const PROC_MASKED: [&str; 7] =
+    ["kcore", "keys", "timer_list", "sched_debug", "kallsyms", "kpagecount", "kpageflags"];
+
+fn mask_proc(proc: &Path) -> Step {
+    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT};
+    for name in PROC_READ_ONLY {
+        let path = proc.join(name);
+        if path.exists() {
+            mount(&path.to_string_lossy(), &path, "", MS_BIND | MS_REC, "", "mask /proc")?;
+            let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+            mount("none", &path, "", flags, "", "mask /proc read-only")?;
+        }
+    }
+    for name in PROC_MASKED {
+        let path = proc.join(name);
+        if path.exists() {
+            mount("/dev/null", &path, "", MS_BIND, "", "mask /proc file")?;
+        }
+    }
+    Ok(())
+}
+
+/// `struct loop_info64` and `struct loop_config` of <linux/loop.h>.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// Attaches `image` to a free loop device that detaches itself once unmounted, which
+/// happens when this sandbox's mount namespace goes away. Returns the device and an open
+/// descriptor of it: close that only after mounting, or the device detaches at once.
+fn attach_loop(image: &Path) -> Result<(PathBuf, i32), Failure> {
+    let fail = |stage| Failure { stage, errno: errno() };
+    let ctl_path = cstr(b"/dev/loop-control");
+    let image_c = cpath(image);
+    // SAFETY: open/ioctl/close on descriptors we own, with a zeroed, correctly laid out
+    // loop_config.
+    unsafe {
+        let ctl = libc::open(ctl_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        check(ctl, "loop control")?;
+        let file = libc::open(image_c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if file < 0 {
+            libc::close(ctl);
+            return Err(fail("open disk image"));
+        }
+        // Another sandbox may take the same free device first: try again.
+        for _ in 0..32 {
+            let n = libc::ioctl(ctl, LOOP_CTL_GET_FREE);
+            if n < 0 {
+                break;
+            }
+            let device = PathBuf::from(format!("/dev/loop{n}"));
+            let dev = libc::open(cpath(&device).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if dev < 0 {
+                continue;
+            }
+            let mut config: LoopConfig = std::mem::zeroed();
+            config.fd = file as u32;
+            config.info.flags = LO_FLAGS_AUTOCLEAR;
+            let configured = libc::ioctl(dev, LOOP_CONFIGURE, &config);
+            let busy = configured < 0 && errno() == libc::EBUSY;
+            if configured == 0 {
+                libc::close(file);
+                libc::close(ctl);
+                return Ok((device, dev));
+            }
+            libc::close(dev);
+            if !busy {
+                let failure = fail("loop configure");
+                libc::close(file);
+                libc::close(ctl);
+                return Err(failure);
+            }
+        }
+        let failure = fail("loop device");
+        libc::close(file);
+        libc::close(ctl);
+        Err(failure)
+    }
 }
 
 /// The minimal /dev: character devices, the pty multiplexer and the usual links.
@@ -365,11 +382,7 @@ fn make_devices(dev: &Path) -> Step {
         let path = cpath(&dev.join(name));
         // SAFETY: valid C string; umask is 0 so the mode is exact.
         let made = unsafe {
-            libc::mknod(
-                path.as_ptr(),
-                libc::S_IFCHR | 0o666,
-                libc::makedev(major, minor),
-            )
+            libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor))
         };
         check(made, "mknod")?;
     }
@@ -399,10 +412,7 @@ fn loopback_up() -> Step {
         for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
             *dst = *src as libc::c_char;
         }
-        check(
-            libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr),
-            "loopback flags",
-        )?;
+        check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr), "loopback flags")?;
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr), "loopback up")?;
         libc::close(sock);
@@ -445,10 +455,7 @@ fn write_files(spec: &LaunchSpec) -> Step {
             let owned = libc::fchown(fd, spec.uid, spec.gid);
             libc::close(fd);
             if written < 0 || written as usize != content.len() || owned < 0 {
-                return Err(Failure {
-                    stage: "write file",
-                    errno: errno(),
-                });
+                return Err(Failure { stage: "write file", errno: errno() });
             }
         }
     }
@@ -467,13 +474,7 @@ fn exec_agent() -> ! {
     let env = [std::ptr::null()];
     // SAFETY: NULL-terminated arrays of valid C strings.
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr()) };
-    fail(
-        "setup",
-        Failure {
-            stage: "exec agent",
-            errno: errno(),
-        },
-    )
+    fail("setup", Failure { stage: "exec agent", errno: errno() })
 }
 
 /// PID 1 after the fork: reap everything, report the payload's end, exit. Exiting kills
@@ -513,6 +514,8 @@ fn payload(ctx: &Context, spec: &LaunchSpec) -> ! {
         workdir: spec.workdir.clone(),
         max_file_bytes: spec.max_file_bytes,
         max_open_files: spec.max_open_files,
+        // PID 1 made it before the payload existed.
+        create_workdir: false,
     };
     if let Err(f) = faas_confine::confine(Some(&ctx.filters), Some(ctx.last_cap), &confinement) {
         fail("payload", f);

@@ -163,20 +163,14 @@ impl LauncherClient {
     /// every sandbox's scratch space (inside each sandbox's own mount namespace).
     pub async fn start(scratch_dir: PathBuf) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnReply>();
-        std::thread::Builder::new()
-            .name("faas-launcher-keeper".into())
-            .spawn(move || {
-                for reply in rx {
-                    let _ = reply.send(LauncherProcess::spawn(&scratch_dir));
-                }
-            })?;
+        std::thread::Builder::new().name("faas-launcher-keeper".into()).spawn(move || {
+            for reply in rx {
+                let _ = reply.send(LauncherProcess::spawn(&scratch_dir));
+            }
+        })?;
         let keeper = std::sync::Mutex::new(tx);
         let process = LauncherProcess::register(Self::spawn_with(&keeper).await?)?;
-        Ok(Self {
-            process: Mutex::new(process),
-            keeper,
-            restarts: AtomicU64::new(0),
-        })
+        Ok(Self { process: Mutex::new(process), keeper, restarts: AtomicU64::new(0) })
     }
 
     async fn spawn_with(
@@ -188,8 +182,7 @@ impl LauncherClient {
             .unwrap_or_else(|e| e.into_inner())
             .send(tx)
             .map_err(|_| io::Error::other("the launcher keeper thread is gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("the launcher keeper thread is gone"))?
+        rx.await.map_err(|_| io::Error::other("the launcher keeper thread is gone"))?
     }
 
     async fn replace(&self, process: &mut LauncherProcess) -> Result<(), LaunchError> {
@@ -199,10 +192,7 @@ impl LauncherClient {
             .map_err(LaunchError::Io)?;
         *process = fresh;
         let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(
-            restarts = n,
-            "the sandbox launcher had exited; started a new one"
-        );
+        tracing::warn!(restarts = n, "the sandbox launcher had exited; started a new one");
         Ok(())
     }
 
@@ -264,29 +254,18 @@ fn recv_with_fds(fd: RawFd, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; max];
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = socket::recvmsg::<()>(
-        fd,
-        &mut iov,
-        Some(&mut cmsg_space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let msg =
+        socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             // SAFETY: the kernel just installed these descriptors for us.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
     if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message truncated",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message truncated"));
     }
     let n = msg.bytes;
     buf.truncate(n);
@@ -351,12 +330,9 @@ pub fn launcher_main(scratch_dir: PathBuf) -> ! {
                         drop(fds);
                         send_reply(&LaunchReply::Started { pid }, Some(pidfd.as_raw_fd()));
                     }
-                    Err(e) => send_reply(
-                        &LaunchReply::Failed {
-                            error: format!("clone: {e}"),
-                        },
-                        None,
-                    ),
+                    Err(e) => {
+                        send_reply(&LaunchReply::Failed { error: format!("clone: {e}") }, None)
+                    }
                 }
             }
             Ok(msg) => send_reply(
@@ -365,12 +341,7 @@ pub fn launcher_main(scratch_dir: PathBuf) -> ! {
                 },
                 None,
             ),
-            Err(e) => send_reply(
-                &LaunchReply::Failed {
-                    error: format!("bad request: {e}"),
-                },
-                None,
-            ),
+            Err(e) => send_reply(&LaunchReply::Failed { error: format!("bad request: {e}") }, None),
         }
     }
 }
@@ -383,11 +354,7 @@ fn prepare(scratch: PathBuf) -> Result<Context, String> {
         .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
     let filters = Filters::build().map_err(|e| e.to_string())?;
     let last_cap = faas_confine::last_cap();
-    Ok(Context {
-        filters,
-        last_cap,
-        scratch,
-    })
+    Ok(Context { filters, last_cap, scratch })
 }
 
 /// clone3 into new pid, mount, network, uts and ipc namespaces, with a pidfd.
@@ -407,11 +374,7 @@ fn clone_sandbox(ctx: &Context, msg: &LaunchMessage, fds: &[RawFd]) -> io::Resul
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
     // single-threaded process and continues on its own copy of the stack.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),

@@ -129,12 +129,7 @@ pub(crate) struct Capture {
 
 impl Capture {
     pub fn new(stream: Stream, limit: usize) -> Self {
-        Self {
-            stream,
-            limit,
-            data: Vec::new(),
-            truncated: false,
-        }
+        Self { stream, limit, data: Vec::new(), truncated: false }
     }
 
     /// Takes a chunk; returns false once the limit is passed (the stream should close).
@@ -152,10 +147,7 @@ impl Capture {
         if let Some(sink) = sink
             && !kept.is_empty()
         {
-            let _ = sink.send(OutputChunk {
-                stream: self.stream,
-                data: kept.to_vec(),
-            });
+            let _ = sink.send(OutputChunk { stream: self.stream, data: kept.to_vec() });
         }
         if chunk.len() > room {
             self.truncated = true;
@@ -215,9 +207,7 @@ impl Sandboxes {
     /// Runs one sandbox to its end on a task of its own; awaiting the result is optional.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome, RunError> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.run_to_end(req).await })
-            .await
-            .map_err(RunError::Task)?
+        tokio::spawn(async move { this.run_to_end(req).await }).await.map_err(RunError::Task)?
     }
 
     /// Launches a sandbox whose descriptors are `fds` (stdin, stdout, stderr, status and any
@@ -250,10 +240,7 @@ impl Sandboxes {
     }
 
     pub(crate) fn unregister(&self, id: &str) {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     async fn run_to_end(&self, req: RunRequest) -> Result<RunOutcome, RunError> {
@@ -279,11 +266,7 @@ impl Sandboxes {
         let (stdout_r, stdout_w) = pipe_pair()?;
         let (stderr_r, stderr_w) = pipe_pair()?;
         let (status_r, status_w) = pipe_pair()?;
-        let blob = if req.spec.files.is_empty() {
-            None
-        } else {
-            Some(blob_fd(&req.blob)?)
-        };
+        let blob = if req.spec.files.is_empty() { None } else { Some(blob_fd(&req.blob)?) };
         let mut fds = vec![
             stdin_r.as_raw_fd(),
             stdout_w.as_raw_fd(),
@@ -291,31 +274,16 @@ impl Sandboxes {
             status_w.as_raw_fd(),
         ];
         fds.extend(blob.as_ref().map(|b| b.as_raw_fd()));
-        let launched = self
-            .launch(&req.id, &req.spec, cgroup, fds, blob.is_some())
-            .await?;
+        let launched = self.launch(&req.id, &req.spec, cgroup, fds, blob.is_some()).await?;
         // Our copies of the sandbox's ends must go, or we would never see EOF.
         drop((stdin_r, stdout_w, stderr_w, status_w, blob));
         let pidfd = launched.pidfd;
-        let _unregister = Unregister {
-            sandboxes: self,
-            id: &req.id,
-            pidfd: &pidfd,
-        };
+        let _unregister = Unregister { sandboxes: self, id: &req.id, pidfd: &pidfd };
 
-        let RunIo {
-            stdin,
-            stdin_stream,
-            sink,
-            output_limit,
-            mut cancel,
-        } = req.io;
+        let RunIo { stdin, stdin_stream, sink, output_limit, mut cancel } = req.io;
         let stdin = write_stdin(stdin_w, stdin, stdin_stream);
-        let stdout = read_capped(
-            stdout_r,
-            Capture::new(Stream::Stdout, output_limit),
-            sink.clone(),
-        );
+        let stdout =
+            read_capped(stdout_r, Capture::new(Stream::Stdout, output_limit), sink.clone());
         let stderr = read_capped(stderr_r, Capture::new(Stream::Stderr, output_limit), sink);
         let started_at = launched.started_at;
         let status = async {
@@ -384,24 +352,20 @@ impl Drop for Unregister<'_> {
 
 /// Turns PID 1's report into how the run ended.
 fn parse_status(status: &str, timed_out: bool) -> Result<RunEnd, RunError> {
-    let mut words = status.lines().next().unwrap_or_default().split(' ');
-    let kind = words.next().unwrap_or_default();
-    let next_num =
-        |words: &mut std::str::Split<'_, char>| words.next().and_then(|w| w.parse::<i32>().ok());
+    let line = status.lines().next().unwrap_or_default();
+    let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+    // Stages may contain spaces ("chdir workdir"): the number is the last word.
+    let (stage, number) = rest.rsplit_once(' ').unwrap_or(("", rest));
+    let number = number.trim().parse::<i32>().ok();
     match kind {
         _ if timed_out => Ok(RunEnd::TimedOut),
-        "exit" => Ok(RunEnd::Exited(next_num(&mut words).unwrap_or(-1))),
-        "signal" => Ok(RunEnd::Signaled(
-            next_num(&mut words).unwrap_or(libc::SIGKILL),
-        )),
-        "payload" | "setup" => {
-            let stage = words.next().unwrap_or_default().to_owned();
-            let errno = next_num(&mut words).unwrap_or(libc::EIO);
-            if kind == "payload" {
-                Ok(RunEnd::NotStarted { stage, errno })
-            } else {
-                Err(RunError::Setup { stage, errno })
-            }
+        "exit" => Ok(RunEnd::Exited(number.unwrap_or(-1))),
+        "signal" => Ok(RunEnd::Signaled(number.unwrap_or(libc::SIGKILL))),
+        "payload" => {
+            Ok(RunEnd::NotStarted { stage: stage.to_owned(), errno: number.unwrap_or(libc::EIO) })
+        }
+        "setup" => {
+            Err(RunError::Setup { stage: stage.to_owned(), errno: number.unwrap_or(libc::EIO) })
         }
         // PID 1 died without a word: something killed the whole sandbox (the OOM killer
         // picking PID 1, or an operator). The cgroup's counters tell the engine which.
@@ -414,10 +378,7 @@ pub(crate) fn setup_failure(status: &str) -> Option<RunError> {
     match parse_status(status, false) {
         Err(e) => Some(e),
         Ok(_) if status.is_empty() => None,
-        Ok(_) => Some(RunError::Setup {
-            stage: status.trim().to_owned(),
-            errno: libc::EIO,
-        }),
+        Ok(_) => Some(RunError::Setup { stage: status.trim().to_owned(), errno: libc::EIO }),
     }
 }
 
@@ -501,29 +462,18 @@ mod tests {
 
     #[test]
     fn parses_reports() {
-        assert_eq!(
-            parse_status("exit 3\n", false).ok(),
-            Some(RunEnd::Exited(3))
-        );
-        assert_eq!(
-            parse_status("signal 9\n", false).ok(),
-            Some(RunEnd::Signaled(9))
-        );
+        assert_eq!(parse_status("exit 3\n", false).ok(), Some(RunEnd::Exited(3)));
+        assert_eq!(parse_status("signal 9\n", false).ok(), Some(RunEnd::Signaled(9)));
         assert_eq!(parse_status("exit 0\n", true).ok(), Some(RunEnd::TimedOut));
         assert_eq!(
             parse_status("payload exec 2\n", false).ok(),
-            Some(RunEnd::NotStarted {
-                stage: "exec".into(),
-                errno: 2
-            })
+            Some(RunEnd::NotStarted { stage: "exec".into(), errno: 2 })
         );
-        assert!(matches!(
-            parse_status("setup overlay 22\n", false),
-            Err(RunError::Setup { .. })
-        ));
+        assert!(matches!(parse_status("setup overlay 22\n", false), Err(RunError::Setup { .. })));
+        assert_eq!(parse_status("", false).ok(), Some(RunEnd::Signaled(libc::SIGKILL)));
         assert_eq!(
-            parse_status("", false).ok(),
-            Some(RunEnd::Signaled(libc::SIGKILL))
+            parse_status("payload chdir workdir 13\n", false).ok(),
+            Some(RunEnd::NotStarted { stage: "chdir workdir".into(), errno: 13 })
         );
         assert!(setup_failure("").is_none());
         assert!(setup_failure("setup exec agent 2\n").is_some());

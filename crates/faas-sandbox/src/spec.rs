@@ -33,6 +33,12 @@ pub struct LaunchSpec {
     pub max_file_bytes: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// An ext4 image file on the host holding the writable layer (persistent instances):
+    /// attached to a loop device and mounted inside the sandbox's own mount namespace, so
+    /// its size is the instance's disk quota and nothing is mounted on the host. Default:
+    /// the writable layer lives on the scratch tmpfs and vanishes with the sandbox.
+    #[serde(default)]
+    pub disk_image: Option<PathBuf>,
     /// When set, PID 1 becomes the in-sandbox agent (a long-lived sandbox) instead of
     /// running `argv` once. `argv`, `env` and `workdir` are then unused.
     #[serde(default)]

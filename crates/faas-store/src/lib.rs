@@ -5,7 +5,7 @@
 mod sqlite;
 
 use async_trait::async_trait;
-use faas_api::{ExecutionResult, Role};
+use faas_api::{ExecutionResult, Instance, Role};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -58,4 +58,13 @@ pub trait Store: Send + Sync + 'static {
     async fn execution(&self, tenant: &str, id: &str) -> Result<Option<ExecutionResult>>;
     /// Marks executions left `running` by a previous process as `lost`; returns how many.
     async fn mark_interrupted_executions(&self) -> Result<u64>;
+
+    /// Creates or replaces an instance's record.
+    async fn put_instance(&self, tenant: &str, instance: &Instance) -> Result<()>;
+    /// One tenant's instance; another tenant's, or a deleted one, is `None`.
+    async fn instance(&self, tenant: &str, id: &str) -> Result<Option<Instance>>;
+    /// A tenant's instances (not the deleted ones), oldest first.
+    async fn list_instances(&self, tenant: &str) -> Result<Vec<Instance>>;
+    /// Every tenant's instances that are not deleted, with their tenant (start-up).
+    async fn live_instances(&self) -> Result<Vec<(String, Instance)>>;
 }

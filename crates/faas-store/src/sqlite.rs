@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use faas_api::{ExecStatus, ExecutionResult, Role};
+use faas_api::{ExecStatus, ExecutionResult, Instance, Role};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{KeyRecord, Result, Store, StoreError};
@@ -33,6 +33,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX executions_tenant ON executions(tenant, created_at_ms);
     CREATE INDEX executions_status ON executions(status);",
+    // 2: persistent instances.
+    "CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX instances_tenant ON instances(tenant, created_at_ms);",
 ];
 
 #[derive(Clone)]
@@ -51,9 +60,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -74,10 +81,7 @@ fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
+        return Err(StoreError::TooNew { found: version, known });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
@@ -89,11 +93,7 @@ fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn role_from(s: &str) -> Role {
-    if s == "admin" {
-        Role::Admin
-    } else {
-        Role::Tenant
-    }
+    if s == "admin" { Role::Admin } else { Role::Tenant }
 }
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
@@ -111,10 +111,7 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 const KEY_COLUMNS: &str = "id, tenant, name, role, hash, created_at_ms, revoked";
 
 fn decode(id: &str, json: &str) -> Result<ExecutionResult> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-        id: id.to_owned(),
-        source,
-    })
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
 }
 
 fn encode(record: &ExecutionResult) -> String {
@@ -122,8 +119,68 @@ fn encode(record: &ExecutionResult) -> String {
     serde_json::to_string(record).unwrap_or_default()
 }
 
+fn decode_instance(id: &str, json: &str) -> Result<Instance> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    async fn put_instance(&self, tenant: &str, instance: &Instance) -> Result<()> {
+        let (tenant, id, status, created) = (
+            tenant.to_owned(),
+            instance.id.clone(),
+            instance.status.as_str(),
+            instance.created_at_ms as i64,
+        );
+        let json = serde_json::to_string(instance).unwrap_or_default();
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO instances (id, tenant, status, created_at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, record = excluded.record",
+            )?
+            .execute(params![id, tenant, status, created, json])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn instance(&self, tenant: &str, id: &str) -> Result<Option<Instance>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.with(move |c| {
+            let json: Option<String> = c
+                .prepare_cached("SELECT record FROM instances WHERE id = ?1 AND tenant = ?2 AND status != 'deleted'")?
+                .query_row(params![id, tenant], |r| r.get(0))
+                .optional()?;
+            json.map(|j| decode_instance(&id, &j)).transpose()
+        })
+        .await
+    }
+
+    async fn list_instances(&self, tenant: &str) -> Result<Vec<Instance>> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, record FROM instances WHERE tenant = ?1 AND status != 'deleted' ORDER BY created_at_ms, id",
+            )?;
+            let rows: Vec<(String, String)> =
+                stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            rows.iter().map(|(id, json)| decode_instance(id, json)).collect()
+        })
+        .await
+    }
+
+    async fn live_instances(&self) -> Result<Vec<(String, Instance)>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT tenant, id, record FROM instances WHERE status != 'deleted'")?;
+            let rows: Vec<(String, String, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.iter().map(|(t, id, json)| Ok((t.clone(), decode_instance(id, json)?))).collect()
+        })
+        .await
+    }
+
     async fn insert_key(&self, key: KeyRecord) -> Result<()> {
         self.with(move |c| {
             c.execute(
@@ -148,11 +205,9 @@ impl Store for SqliteStore {
     async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>> {
         let hash = hash.to_owned();
         self.with(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
-            ))?
-            .query_row([hash], key_from_row)
-            .optional()?)
+            Ok(c.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"))?
+                .query_row([hash], key_from_row)
+                .optional()?)
         })
         .await
     }
@@ -308,33 +363,16 @@ mod tests {
     #[tokio::test]
     async fn executions_are_per_tenant_and_survive_reopen() {
         let (dir, store) = temp_db();
-        store
-            .insert_execution("a", &record("ex1", ExecStatus::Running))
-            .await
-            .expect("insert");
-        store
-            .insert_execution("a", &record("ex2", ExecStatus::Running))
-            .await
-            .expect("insert");
-        store
-            .finish_execution(&record("ex2", ExecStatus::Exited))
-            .await
-            .expect("finish");
+        store.insert_execution("a", &record("ex1", ExecStatus::Running)).await.expect("insert");
+        store.insert_execution("a", &record("ex2", ExecStatus::Running)).await.expect("insert");
+        store.finish_execution(&record("ex2", ExecStatus::Exited)).await.expect("finish");
         assert!(store.execution("b", "ex1").await.expect("query").is_none());
         drop(store);
         let store = SqliteStore::open(&dir.join("faas.db")).expect("reopen");
         assert_eq!(store.mark_interrupted_executions().await.expect("mark"), 1);
-        let ex1 = store
-            .execution("a", "ex1")
-            .await
-            .expect("query")
-            .expect("present");
+        let ex1 = store.execution("a", "ex1").await.expect("query").expect("present");
         assert_eq!(ex1.status, ExecStatus::Lost);
-        let ex2 = store
-            .execution("a", "ex2")
-            .await
-            .expect("query")
-            .expect("present");
+        let ex2 = store.execution("a", "ex2").await.expect("query").expect("present");
         assert_eq!(ex2.status, ExecStatus::Exited);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -354,14 +392,7 @@ mod tests {
         store.insert_key(key).await.expect("insert");
         assert!(!store.revoke_key("k1", Some("b")).await.expect("revoke"));
         assert!(store.revoke_key("k1", Some("a")).await.expect("revoke"));
-        assert!(
-            store
-                .key_by_hash("h1")
-                .await
-                .expect("query")
-                .expect("present")
-                .revoked
-        );
+        assert!(store.key_by_hash("h1").await.expect("query").expect("present").revoked);
         assert!(!store.has_admin_key().await.expect("query"));
         std::fs::remove_dir_all(dir).ok();
     }
@@ -373,10 +404,7 @@ mod tests {
         let conn = Connection::open(dir.join("faas.db")).expect("open");
         conn.pragma_update(None, "user_version", 99).expect("set");
         drop(conn);
-        assert!(matches!(
-            SqliteStore::open(&dir.join("faas.db")),
-            Err(StoreError::TooNew { .. })
-        ));
+        assert!(matches!(SqliteStore::open(&dir.join("faas.db")), Err(StoreError::TooNew { .. })));
         std::fs::remove_dir_all(dir).ok();
     }
 }

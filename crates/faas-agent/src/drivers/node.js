@@ -17,7 +17,7 @@ async function run(code) {
   }
   reply({ exit_code: exitCode });
 }
-fs.createReadStream(null, { fd: 3 }).on('data', (chunk) => {
+fs.createReadStream(null, { fd: 3, encoding: 'utf8' }).on('data', (chunk) => {
   pending += chunk;
   let i;
   while ((i = pending.indexOf('\n')) >= 0) {

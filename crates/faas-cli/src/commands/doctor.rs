@@ -2,14 +2,7 @@
 
 pub fn run() -> anyhow::Result<()> {
     let checks = faas_engine::doctor::run();
-    let essential = [
-        "root",
-        "namespaces",
-        "overlayfs",
-        "cgroups",
-        "seccomp",
-        "pidfd + clone3",
-    ];
+    let essential = ["root", "namespaces", "overlayfs", "cgroups", "seccomp", "pidfd + clone3"];
     let mut fatal = false;
     for c in &checks {
         let mark = if c.ok { "ok  " } else { "MISS" };

@@ -66,19 +66,15 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     } else {
         let result = stream(&client, &body)?;
         if result.stdout_truncated || result.stderr_truncated {
-            eprintln!(
-                "faas: output truncated at {} bytes",
-                result.limits.output_bytes
-            );
+            eprintln!("faas: output truncated at {} bytes", result.limits.output_bytes);
         }
         match result.status {
             ExecStatus::Timeout => {
                 eprintln!("faas: timed out after {} ms", result.limits.timeout_ms)
             }
-            ExecStatus::Oom => eprintln!(
-                "faas: out of memory (limit {} MiB)",
-                result.limits.memory_mb
-            ),
+            ExecStatus::Oom => {
+                eprintln!("faas: out of memory (limit {} MiB)", result.limits.memory_mb)
+            }
             _ => {}
         }
         result
@@ -117,9 +113,7 @@ impl ExecArgs {
         match self.stdin.as_deref() {
             Some("-") => {
                 let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading stdin")?;
+                std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
                 Ok(Some(text))
             }
             other => Ok(other.map(str::to_owned)),
@@ -142,9 +136,8 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
         ..ExecuteRequest::default()
     };
     for pair in &args.env {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
+        let (k, v) =
+            pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
         req.env.insert(k.to_owned(), v.to_owned());
     }
     match (&args.code, args.argv.is_empty(), &args.language) {

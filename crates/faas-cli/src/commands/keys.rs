@@ -31,11 +31,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let rt = runtime()?;
     match cmd {
-        KeysCmd::Create {
-            tenant,
-            name,
-            admin,
-        } => {
+        KeysCmd::Create { tenant, name, admin } => {
             let req = CreateKeyRequest {
                 tenant,
                 name,
@@ -63,10 +59,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
             };
             let list: KeyList =
                 serde_json::from_value(rt.block_on(client.call(Method::GET, &path, None))?)?;
-            println!(
-                "{:<22} {:<20} {:<7} {:<8} NAME",
-                "ID", "TENANT", "ROLE", "STATE"
-            );
+            println!("{:<22} {:<20} {:<7} {:<8} NAME", "ID", "TENANT", "ROLE", "STATE");
             for k in list.keys {
                 let state = if k.revoked { "revoked" } else { "active" };
                 println!(

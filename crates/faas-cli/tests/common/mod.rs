@@ -106,9 +106,8 @@ impl Server {
                 }
             }
         });
-        self.url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not start within 30 s");
+        self.url =
+            rx.recv_timeout(Duration::from_secs(30)).expect("server did not start within 30 s");
         self.child = Some(child);
     }
 
@@ -177,11 +176,7 @@ impl Server {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Reply {
-            status,
-            body,
-            headers,
-        }
+        Reply { status, body, headers }
     }
 
     /// POST /api/v1/execute as the admin on a task of its own, for runs in flight.
@@ -213,25 +208,16 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
-        self.request(
-            reqwest::Method::POST,
-            path,
-            Some(key),
-            Some(body.to_string()),
-        )
-        .await
+        self.request(reqwest::Method::POST, path, Some(key), Some(body.to_string())).await
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Reply {
-        self.request(reqwest::Method::GET, path, Some(key), None)
-            .await
+        self.request(reqwest::Method::GET, path, Some(key), None).await
     }
 
     /// A new tenant key, minted by the admin.
     pub async fn tenant_key(&self, tenant: &str) -> String {
-        let reply = self
-            .post("/api/v1/keys", ADMIN_KEY, json!({"tenant": tenant}))
-            .await;
+        let reply = self.post("/api/v1/keys", ADMIN_KEY, json!({"tenant": tenant})).await;
         assert_eq!(reply.status, 201, "{}", reply.body);
         reply.body["key"].as_str().expect("key").to_owned()
     }
@@ -241,12 +227,7 @@ impl Server {
         let mut found = Vec::new();
         for hierarchy in cgroup_hierarchies() {
             if let Ok(entries) = std::fs::read_dir(hierarchy.join(&self.cgroup_parent)) {
-                found.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path()),
-                );
+                found.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
             }
         }
         found

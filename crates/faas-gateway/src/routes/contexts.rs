@@ -13,16 +13,11 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateContextRequest>,
 ) -> Result<(StatusCode, Json<ContextInfo>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.engine.create_context(&caller.tenant, req).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(state.engine.create_context(&caller.tenant, req).await?)))
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ContextList> {
-    Json(ContextList {
-        contexts: state.engine.list_contexts(&caller.tenant),
-    })
+    Json(ContextList { contexts: state.engine.list_contexts(&caller.tenant) })
 }
 
 pub async fn get(

@@ -13,12 +13,7 @@ pub async fn execute(
     caller: Caller,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
-    Ok(Json(
-        state
-            .engine
-            .execute(&caller.tenant, req, Streams::default())
-            .await?,
-    ))
+    Ok(Json(state.engine.execute(&caller.tenant, req, Streams::default()).await?))
 }
 
 pub async fn get_execution(

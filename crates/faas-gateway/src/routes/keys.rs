@@ -24,9 +24,7 @@ fn info(record: KeyRecord) -> KeyInfo {
 fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 64
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 pub async fn create(
@@ -36,22 +34,14 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require_admin()?;
     if !valid_tenant(&req.tenant) {
-        return Err(ApiError::InvalidRequest(
-            "tenant: 1 to 64 of A-Z a-z 0-9 - _ .".into(),
-        ));
+        return Err(ApiError::InvalidRequest("tenant: 1 to 64 of A-Z a-z 0-9 - _ .".into()));
     }
     if req.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::InvalidRequest("name: at most 200 bytes".into()));
     }
     let (key, record) = new_key(&req.tenant, req.name, req.role);
     state.engine.store().insert_key(record.clone()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key,
-            info: info(record),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, info: info(record) })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,14 +56,8 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
     caller.require_admin()?;
-    let keys = state
-        .engine
-        .store()
-        .list_keys(query.tenant.as_deref())
-        .await?;
-    Ok(Json(KeyList {
-        keys: keys.into_iter().map(info).collect(),
-    }))
+    let keys = state.engine.store().list_keys(query.tenant.as_deref()).await?;
+    Ok(Json(KeyList { keys: keys.into_iter().map(info).collect() }))
 }
 
 pub async fn revoke(
@@ -84,9 +68,5 @@ pub async fn revoke(
     caller.require_admin()?;
     let revoked = state.engine.store().revoke_key(&id, None).await?;
     state.keys.evict(&id);
-    if revoked {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound { kind: "key", id })
-    }
+    if revoked { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound { kind: "key", id }) }
 }

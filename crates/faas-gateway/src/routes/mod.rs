@@ -3,6 +3,7 @@
 mod contexts;
 mod execute;
 mod health;
+mod instances;
 mod keys;
 mod pools;
 mod stream;
@@ -16,20 +17,21 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/execute", post(execute::execute))
-        .route(
-            "/api/v1/execute/stream",
-            get(stream::websocket).post(stream::sse),
-        )
+        .route("/api/v1/execute/stream", get(stream::websocket).post(stream::sse))
         .route("/api/v1/prewarm", post(pools::prewarm))
         .route("/api/v1/pools", get(pools::list))
+        .route("/api/v1/contexts", post(contexts::create).get(contexts::list))
+        .route("/api/v1/contexts/{id}", get(contexts::get).delete(contexts::delete))
+        .route("/api/v1/instances", post(instances::create).get(instances::list))
+        .route("/api/v1/instances/{id}", get(instances::get).delete(instances::delete))
+        .route("/api/v1/instances/{id}/stop", post(instances::stop))
+        .route("/api/v1/instances/{id}/start", post(instances::start))
+        .route("/api/v1/instances/{id}/exec", post(instances::exec))
         .route(
-            "/api/v1/contexts",
-            post(contexts::create).get(contexts::list),
+            "/api/v1/instances/{id}/files",
+            get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )
-        .route(
-            "/api/v1/contexts/{id}",
-            get(contexts::get).delete(contexts::delete),
-        )
+        .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
         .route("/api/v1/executions/{id}", get(execute::get_execution))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))

@@ -19,7 +19,5 @@ pub async fn prewarm(
 /// The caller's pools; an admin sees every tenant's.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<PoolList> {
     let tenant = (caller.role != Role::Admin).then_some(&caller.tenant);
-    Json(PoolList {
-        pools: state.engine.pools(tenant),
-    })
+    Json(PoolList { pools: state.engine.pools(tenant) })
 }

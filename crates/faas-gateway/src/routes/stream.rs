@@ -64,12 +64,8 @@ struct Decoders {
 impl Decoders {
     fn event(&mut self, chunk: OutputChunk) -> StreamEvent {
         match chunk.stream {
-            Stream::Stdout => StreamEvent::Stdout {
-                data: self.stdout.push(&chunk.data),
-            },
-            Stream::Stderr => StreamEvent::Stderr {
-                data: self.stderr.push(&chunk.data),
-            },
+            Stream::Stdout => StreamEvent::Stdout { data: self.stdout.push(&chunk.data) },
+            Stream::Stderr => StreamEvent::Stderr { data: self.stderr.push(&chunk.data) },
         }
     }
 }
@@ -79,9 +75,7 @@ fn final_event(
 ) -> StreamEvent {
     match result {
         Ok(Ok(result)) => StreamEvent::Exit(Box::new(result)),
-        Ok(Err(e)) => StreamEvent::Error {
-            error: ApiError::from(e).detail(),
-        },
+        Ok(Err(e)) => StreamEvent::Error { error: ApiError::from(e).detail() },
         Err(_) => StreamEvent::Error {
             error: faas_api::ErrorDetail {
                 code: "internal".into(),
@@ -107,11 +101,7 @@ fn start(
     let (sink, output) = mpsc::unbounded_channel();
     let (stdin, stdin_rx) = mpsc::unbounded_channel();
     let (kill, cancel) = oneshot::channel();
-    let streams = Streams {
-        sink: Some(sink),
-        stdin: Some(stdin_rx),
-        cancel: Some(cancel),
-    };
+    let streams = Streams { sink: Some(sink), stdin: Some(stdin_rx), cancel: Some(cancel) };
     let run = tokio::spawn(async move { engine.execute(&tenant, req, streams).await });
     (output, stdin, kill, run)
 }
@@ -121,9 +111,7 @@ pub async fn websocket(
     caller: Caller,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade
-        .on_upgrade(move |socket| session(state.engine, caller.tenant, socket))
-        .into_response()
+    upgrade.on_upgrade(move |socket| session(state.engine, caller.tenant, socket)).into_response()
 }
 
 async fn send(socket: &mut WebSocket, event: &StreamEvent) -> bool {
@@ -202,9 +190,7 @@ fn sse_event(event: &StreamEvent) -> Event {
         StreamEvent::Exit(_) => "exit",
         StreamEvent::Error { .. } => "error",
     };
-    Event::default()
-        .event(name)
-        .data(serde_json::to_string(event).unwrap_or_default())
+    Event::default().event(name).data(serde_json::to_string(event).unwrap_or_default())
 }
 
 pub async fn sse(

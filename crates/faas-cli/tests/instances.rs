@@ -1,0 +1,264 @@
+//! Persistent instances: lifecycle, exec, files, timeouts, restart safety, isolation.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ADMIN_KEY, Server};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn create(server: &Server, key: &str, body: Value) -> String {
+    let r = server.post("/api/v1/instances", key, body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["status"], "running");
+    r.body["id"].as_str().expect("id").to_owned()
+}
+
+async fn exec(server: &Server, id: &str, command: &str) -> Value {
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, json!({"command": command}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+async fn put_file(server: &Server, id: &str, path: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(format!("{}/api/v1/instances/{id}/files?path={path}", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn get_file(server: &Server, id: &str, path: &str) -> (u16, Vec<u8>) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/instances/{id}/files?path={path}", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn execs_share_state_and_files_survive_stop_and_start() {
+    require_root!();
+    let server = Server::start().await;
+    let id =
+        create(&server, ADMIN_KEY, json!({"disk_mb": 128, "metadata": {"owner": "tests"}})).await;
+    assert_eq!(
+        exec(&server, &id, "echo 41 > /home/user/n; mkdir -p /home/user/d").await["exit_code"],
+        0
+    );
+    let r = exec(&server, &id, "cat /home/user/n; ls -d /home/user/d").await;
+    assert_eq!(r["stdout"], "41\n/home/user/d\n");
+    assert_eq!(r["mode"], "persistent");
+
+    let stopped = server.post(&format!("/api/v1/instances/{id}/stop"), ADMIN_KEY, json!({})).await;
+    assert_eq!(stopped.body["status"], "stopped");
+    // A stopped instance takes no exec: 409, and the record says why.
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, json!({"command": "true"}))
+        .await;
+    assert_eq!(r.status, 409);
+    let again = server.post(&format!("/api/v1/instances/{id}/stop"), ADMIN_KEY, json!({})).await;
+    assert_eq!(again.status, 409);
+    let started = server.post(&format!("/api/v1/instances/{id}/start"), ADMIN_KEY, json!({})).await;
+    assert_eq!(started.body["status"], "running", "{}", started.body);
+    assert_eq!(exec(&server, &id, "cat /home/user/n").await["stdout"], "41\n");
+
+    let listed =
+        server.get("/api/v1/instances?status=running&metadata.owner=tests", ADMIN_KEY).await;
+    assert_eq!(listed.body["instances"].as_array().map(Vec::len), Some(1));
+    let none = server.get("/api/v1/instances?metadata.owner=nobody", ADMIN_KEY).await;
+    assert_eq!(none.body["instances"], json!([]));
+    let deleted = server
+        .request(Method::DELETE, &format!("/api/v1/instances/{id}"), Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(server.get(&format!("/api/v1/instances/{id}"), ADMIN_KEY).await.status, 404);
+    assert!(server.live_cgroups().is_empty());
+    assert!(
+        !server.data_dir.join("instances").join(&id).exists(),
+        "files of a deleted instance remain"
+    );
+}
+
+#[tokio::test]
+async fn a_fifty_megabyte_file_round_trips_byte_identical() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({"disk_mb": 256})).await;
+    let content: Vec<u8> =
+        (0..50u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let resp = put_file(&server, &id, "/home/user/big.bin", content.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let written: Value = resp.json().await.expect("json");
+    assert_eq!(written["size"], 50u64 << 20);
+    let (status, back) = get_file(&server, &id, "/home/user/big.bin").await;
+    assert_eq!(status, 200);
+    assert!(back == content, "the file came back different ({} bytes)", back.len());
+    let r = exec(&server, &id, "stat -c '%s %U' /home/user/big.bin").await;
+    assert_eq!(r["stdout"], format!("{} user\n", 50u64 << 20));
+    let listing =
+        server.get(&format!("/api/v1/instances/{id}/files/list?path=/home/user"), ADMIN_KEY).await;
+    assert_eq!(listing.body["entries"][0]["name"], "big.bin");
+    let del = server
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/instances/{id}/files?path=/home/user/big.bin"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    assert_eq!(get_file(&server, &id, "/home/user/big.bin").await.0, 404);
+}
+
+#[tokio::test]
+async fn the_disk_quota_holds() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({"disk_mb": 32})).await;
+    let r = exec(
+        &server,
+        &id,
+        "head -c 64M /dev/zero > /home/user/fill; echo $?; df -m /home/user | tail -1",
+    )
+    .await;
+    assert!(r["stderr"].as_str().expect("stderr").contains("No space left"), "{r}");
+    let resp = put_file(&server, &id, "/home/user/more", vec![7u8; 40 << 20]).await;
+    assert_eq!(resp.status(), 507, "uploads past the quota are refused");
+    // The host disk did not take the 64 MiB: the image is sparse and capped.
+    let image = server.data_dir.join("instances").join(&id).join("disk.img");
+    let allocated = std::fs::metadata(&image)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .expect("image");
+    assert!(allocated <= 40 << 20, "image uses {allocated} bytes");
+}
+
+#[tokio::test]
+async fn paths_never_reach_the_host() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    let marker = format!("faas-escape-{}", std::process::id());
+    // `..` resolves inside the sandbox: this writes the sandbox's /tmp, not the host's.
+    let resp =
+        put_file(&server, &id, &format!("/home/user/../../../tmp/{marker}"), b"x".to_vec()).await;
+    assert_eq!(resp.status(), 200);
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}")).exists());
+    // A symlink the user plants to a host-looking path still names the sandbox's file.
+    exec(&server, &id, "ln -s /etc/passwd /home/user/link").await;
+    let (status, body) = get_file(&server, &id, "/home/user/link").await;
+    assert!(status == 200 || status == 422, "{status}");
+    if status == 200 {
+        assert!(String::from_utf8_lossy(&body).contains("user:x:1000"), "not the sandbox's passwd");
+    }
+    // Host-wide /proc files can be neither written nor read, by the user or by the agent.
+    for path in ["/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger"] {
+        let resp = put_file(&server, &id, path, b"|/bin/false".to_vec()).await;
+        assert!(matches!(resp.status().as_u16(), 403 | 422 | 404), "{path}: {}", resp.status());
+        let r = exec(&server, &id, &format!("echo x > {path} 2>&1; echo $?")).await;
+        assert_ne!(
+            r["stdout"].as_str().expect("stdout").lines().last(),
+            Some("0"),
+            "{path} writable: {r}"
+        );
+    }
+    let (status, body) = get_file(&server, &id, "/proc/kcore").await;
+    assert!(status != 200 || body.is_empty(), "kcore readable");
+    let core = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("host core_pattern");
+    assert!(!core.contains("/bin/false"));
+    // Writing as root-only places fails: the agent acts as the sandbox user.
+    let resp = put_file(&server, &id, "/etc/evil", b"x".to_vec()).await;
+    assert_eq!(resp.status(), 403);
+    let bad = put_file(&server, &id, "relative/path", b"x".to_vec()).await;
+    assert_eq!(bad.status(), 422);
+}
+
+#[tokio::test]
+async fn ttl_and_idle_timeouts_fire() {
+    require_root!();
+    let server = Server::start().await;
+    let ttl = create(&server, ADMIN_KEY, json!({"ttl_seconds": 1, "on_timeout": "delete"})).await;
+    let idle = create(&server, ADMIN_KEY, json!({"idle_timeout_seconds": 2})).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut ttl_gone, mut idle_stopped) = (false, false);
+    while Instant::now() < deadline && !(ttl_gone && idle_stopped) {
+        ttl_gone = server.get(&format!("/api/v1/instances/{ttl}"), ADMIN_KEY).await.status == 404;
+        idle_stopped = server.get(&format!("/api/v1/instances/{idle}"), ADMIN_KEY).await.body["status"]
+            == "stopped";
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ttl_gone, "the TTL did not delete the instance");
+    assert!(idle_stopped, "the idle timeout did not stop the instance");
+}
+
+#[tokio::test]
+async fn another_tenant_gets_404_on_every_route() {
+    require_root!();
+    let server = Server::start().await;
+    let alice = server.tenant_key("alice").await;
+    let bob = server.tenant_key("bob").await;
+    let id = create(&server, &alice, json!({})).await;
+    let base = format!("/api/v1/instances/{id}");
+    for (method, path, body) in [
+        (Method::GET, base.clone(), None),
+        (Method::POST, format!("{base}/stop"), Some("{}")),
+        (Method::POST, format!("{base}/start"), Some("{}")),
+        (Method::POST, format!("{base}/exec"), Some("{\"command\":\"true\"}")),
+        (Method::GET, format!("{base}/files?path=/etc/hostname"), None),
+        (Method::PUT, format!("{base}/files?path=/tmp/x"), Some("x")),
+        (Method::DELETE, format!("{base}/files?path=/tmp/x"), None),
+        (Method::GET, format!("{base}/files/list?path=/"), None),
+        (Method::DELETE, base.clone(), None),
+    ] {
+        let r = server.request(method.clone(), &path, Some(&bob), body.map(str::to_owned)).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+    }
+    assert_eq!(server.get("/api/v1/instances", &bob).await.body["instances"], json!([]));
+    assert_eq!(server.get(&base, &alice).await.body["status"], "running");
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    require_root!();
+    let server = Server::start().await;
+    for body in [
+        json!({"disk_mb": 1}),
+        json!({"disk_mb": 1u64 << 40}),
+        json!({"ttl_seconds": 0}),
+        json!({"memory_mb": 1}),
+        json!({"colour": "blue"}),
+        json!({"on_timeout": "explode"}),
+    ] {
+        let r = server.post("/api/v1/instances", ADMIN_KEY, body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+    }
+    let r = server.post("/api/v1/instances", ADMIN_KEY, json!({"network": true})).await;
+    assert_eq!(r.status, 501);
+    assert_eq!(server.get("/api/v1/instances", ADMIN_KEY).await.body["instances"], json!([]));
+    let r = server.get("/api/v1/instances?colour=blue", ADMIN_KEY).await;
+    assert_eq!(r.status, 422);
+}
+
+#[tokio::test]
+async fn a_killed_server_keeps_every_instance_record_and_its_files() {
+    require_root!();
+    let mut server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    exec(&server, &id, "echo kept > /home/user/f").await;
+    server.crash_and_restart().await;
+    let record = server.get(&format!("/api/v1/instances/{id}"), ADMIN_KEY).await;
+    assert_eq!(record.body["status"], "failed", "{}", record.body);
+    assert!(record.body["error"].as_str().expect("error").contains("files are kept"));
+    assert!(server.live_cgroups().is_empty(), "a sandbox survived the crash");
+    let started = server.post(&format!("/api/v1/instances/{id}/start"), ADMIN_KEY, json!({})).await;
+    assert_eq!(started.body["status"], "running", "{}", started.body);
+    assert_eq!(get_file(&server, &id, "/home/user/f").await.1, b"kept\n");
+}

@@ -1,0 +1,231 @@
+//! Persistent instances: long-running sandboxes a user or an agent works in, with exec and
+//! files, that keep their files across stop and start, and across a crash of the server.
+//!
+//! An instance's writable layer is an ext4 image in `<data>/instances/<id>/disk.img`, as
+//! large as its `disk_mb` (the quota), mounted inside the sandbox's own mount namespace.
+//! The store holds each instance's record; this registry holds the live sandbox.
+
+mod exec;
+mod files;
+mod lifecycle;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use faas_api::{Instance, InstanceStatus, TimeoutAction};
+use faas_sandbox::AgentSandbox;
+
+use crate::execute::now_ms;
+use crate::{Engine, EngineError, Tenant};
+
+pub use files::FileRead;
+
+/// An instance the server knows, with its sandbox while it runs.
+pub(crate) struct Live {
+    tenant: String,
+    record: Mutex<Instance>,
+    sandbox: Mutex<Option<Arc<AgentSandbox>>>,
+    /// Serialises create, start, stop and delete of this instance.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Live {
+    fn record(&self) -> Instance {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn sandbox(&self) -> Option<Arc<AgentSandbox>> {
+        self.sandbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn touch(&self) {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).last_activity_ms = now_ms();
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Instances {
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+impl Instances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether the lifecycle allows `from -> to`.
+fn allowed(from: InstanceStatus, to: InstanceStatus) -> bool {
+    use InstanceStatus::*;
+    matches!(
+        (from, to),
+        (Creating, Running | Failed)
+            | (Running, Stopping | Failed)
+            | (Stopping, Stopped | Failed)
+            | (Stopped | Failed, Creating)
+            | (Creating | Running | Stopping | Stopped | Failed, Deleted)
+    )
+}
+
+impl Engine {
+    /// The tenant's live instance; another tenant's is not found.
+    fn live(&self, tenant: &Tenant, id: &str) -> Result<Arc<Live>, EngineError> {
+        self.instances
+            .lock()
+            .get(id)
+            .filter(|l| l.tenant == tenant.0)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound { kind: "instance", id: id.to_owned() })
+    }
+
+    /// Moves an instance to `to` (409 when its state does not allow it) and records it.
+    async fn transition(
+        &self,
+        live: &Live,
+        to: InstanceStatus,
+        error: Option<String>,
+    ) -> Result<Instance, EngineError> {
+        let record = {
+            let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
+            if !allowed(record.status, to) {
+                return Err(EngineError::Conflict {
+                    message: format!(
+                        "instance {} is {}; it cannot become {}",
+                        record.id,
+                        record.status.as_str(),
+                        to.as_str()
+                    ),
+                });
+            }
+            record.status = to;
+            if to == InstanceStatus::Running {
+                record.started_at_ms = Some(now_ms());
+                record.last_activity_ms = now_ms();
+                record.error = None;
+            }
+            if error.is_some() {
+                record.error = error;
+            }
+            record.clone()
+        };
+        self.store.put_instance(&live.tenant, &record).await?;
+        Ok(record)
+    }
+
+    /// The running instance's sandbox, or 409.
+    fn running(&self, live: &Live) -> Result<Arc<AgentSandbox>, EngineError> {
+        let record = live.record();
+        match (record.status, live.sandbox()) {
+            (InstanceStatus::Running, Some(sandbox)) if sandbox.is_alive() => Ok(sandbox),
+            (status, _) => Err(EngineError::Conflict {
+                message: format!(
+                    "instance {} is {}; it must be running",
+                    record.id,
+                    status.as_str()
+                ),
+            }),
+        }
+    }
+
+    /// After a restart: instances that were running when the server stopped are failed now
+    /// (their sandboxes died with it), with their files kept for a later start.
+    pub(crate) async fn recover_instances(&self) -> Result<(), EngineError> {
+        for (tenant, mut record) in self.store.live_instances().await? {
+            if matches!(
+                record.status,
+                InstanceStatus::Creating | InstanceStatus::Running | InstanceStatus::Stopping
+            ) {
+                record.status = InstanceStatus::Failed;
+                record.error = Some(
+                    "the server stopped while the instance ran; its files are kept: start it again"
+                        .into(),
+                );
+                self.store.put_instance(&tenant, &record).await?;
+            }
+            let live = Live {
+                tenant,
+                record: Mutex::new(record.clone()),
+                sandbox: Mutex::new(None),
+                lifecycle: tokio::sync::Mutex::new(()),
+            };
+            self.instances.lock().insert(record.id.clone(), Arc::new(live));
+        }
+        Ok(())
+    }
+
+    /// Applies TTLs and idle timeouts (called every second by the janitor).
+    async fn expire_instances(&self) {
+        let now = now_ms();
+        let due: Vec<(Tenant, String, TimeoutAction)> = self
+            .instances
+            .lock()
+            .values()
+            .filter_map(|live| {
+                let r = live.record();
+                let ttl_due = r.ttl_seconds.is_some_and(|ttl| now >= r.created_at_ms + ttl * 1000);
+                let idle_due = r.status == InstanceStatus::Running
+                    && r.idle_timeout_seconds
+                        .is_some_and(|idle| now >= r.last_activity_ms + idle * 1000);
+                let actionable = match r.on_timeout {
+                    TimeoutAction::Stop => r.status == InstanceStatus::Running,
+                    TimeoutAction::Delete => r.status != InstanceStatus::Deleted,
+                };
+                ((ttl_due || idle_due) && actionable)
+                    .then(|| (Tenant(live.tenant.clone()), r.id.clone(), r.on_timeout))
+            })
+            .collect();
+        for (tenant, id, action) in due {
+            let result = match action {
+                TimeoutAction::Stop => self.stop_instance(&tenant, &id).await.map(drop),
+                TimeoutAction::Delete => self.delete_instance(&tenant, &id).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(instance = %id, error = %e, "timeout action failed");
+            }
+        }
+    }
+
+    /// Kills every instance's sandbox (shutdown); records say running and become failed
+    /// (files kept) at the next start.
+    pub(crate) async fn stop_all_instances(&self) {
+        let sandboxes: Vec<Arc<AgentSandbox>> =
+            self.instances.lock().values().filter_map(|l| l.sandbox()).collect();
+        for sandbox in sandboxes {
+            let _ = sandbox.destroy().await;
+        }
+    }
+}
+
+/// Expires instances every second, for as long as the engine lives.
+pub(crate) fn spawn_janitor(engine: std::sync::Weak<Engine>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(engine) = engine.upgrade() else { return };
+            engine.expire_instances().await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstanceStatus::*;
+
+    #[test]
+    fn the_lifecycle_allows_only_its_moves() {
+        assert!(allowed(Creating, Running));
+        assert!(allowed(Running, Stopping));
+        assert!(allowed(Stopping, Stopped));
+        assert!(allowed(Stopped, Creating));
+        assert!(allowed(Failed, Creating));
+        assert!(allowed(Stopped, Deleted));
+        assert!(!allowed(Stopped, Stopping));
+        assert!(!allowed(Running, Creating));
+        assert!(!allowed(Deleted, Creating));
+        assert!(!allowed(Deleted, Deleted));
+        assert!(!allowed(Creating, Stopped));
+    }
+}

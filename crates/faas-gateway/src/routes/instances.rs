@@ -1,0 +1,215 @@
+//! Persistent instances: lifecycle, exec and files.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use faas_api::{
+    CreateInstanceRequest, ExecutionResult, FileList, Instance, InstanceExecRequest, InstanceList,
+    InstanceStatus,
+};
+use faas_engine::Streams;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::{ApiJson, ApiQuery};
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateInstanceRequest>,
+) -> Result<(StatusCode, Json<Instance>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.engine.create_instance(&caller.tenant, req).await?)))
+}
+
+/// `?status=running&metadata.owner=alice`: every parameter must be one of these.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
+) -> Result<Json<InstanceList>, ApiError> {
+    let mut status = None;
+    let mut metadata = BTreeMap::new();
+    for (key, value) in pairs {
+        if key == "status" {
+            let parsed =
+                serde_json::from_value::<InstanceStatus>(serde_json::Value::String(value.clone()))
+                    .map_err(|_| {
+                        ApiError::InvalidRequest(format!("status: unknown status '{value}'"))
+                    })?;
+            status = Some(parsed);
+        } else if let Some(name) = key.strip_prefix("metadata.") {
+            metadata.insert(name.to_owned(), value);
+        } else {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown parameter '{key}'; use status or metadata.<key>"
+            )));
+        }
+    }
+    Ok(Json(InstanceList {
+        instances: state.engine.list_instances(&caller.tenant, status, &metadata),
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(state.engine.instance(&caller.tenant, &id).await?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_instance(&caller.tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(state.engine.stop_instance(&caller.tenant, &id).await?))
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(state.engine.start_instance(&caller.tenant, &id).await?))
+}
+
+pub async fn exec(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InstanceExecRequest>,
+) -> Result<Json<ExecutionResult>, ApiError> {
+    Ok(Json(state.engine.instance_exec(&caller.tenant, &id, req, Streams::default()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathQuery {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// A body stream over a channel of chunks.
+struct Chunks(mpsc::Receiver<Vec<u8>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Bytes::from(c))))
+    }
+}
+
+pub async fn read_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+) -> Result<Response, ApiError> {
+    let read = state.engine.read_instance_file(&caller.tenant, &id, &query.path).await?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut rest = read.rest;
+        if let Some(first) = read.first
+            && tx.send(first).await.is_err()
+        {
+            return;
+        }
+        while let Some(chunk) = rest.recv().await {
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(Chunks(rx)))
+        .into_response())
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Written {
+    path: String,
+    size: u64,
+}
+
+/// Streams the body into the file, refusing bodies over the upload limit (413).
+pub async fn write_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+    body: Body,
+) -> Result<Json<Written>, ApiError> {
+    let limit = state.engine.config().instances.max_upload_mb << 20;
+    let (tx, rx) = mpsc::channel(8);
+    let feed = async move {
+        use futures_util_shim::next_chunk;
+        let mut stream = body.into_data_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = next_chunk(&mut stream).await {
+            let chunk = chunk.map_err(|_| ApiError::Body)?;
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(ApiError::TooLarge);
+            }
+            // Once the write has failed (a full disk, say), the rest of the body is read and
+            // dropped, so the client gets the answer instead of a broken pipe.
+            let _ = tx.send(chunk.to_vec()).await;
+        }
+        Ok(())
+    };
+    let write = state.engine.write_instance_file(&caller.tenant, &id, &query.path, rx);
+    let (fed, written) = tokio::join!(feed, write);
+    fed?;
+    Ok(Json(Written { path: query.path, size: written? }))
+}
+
+pub async fn delete_path(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_instance_path(&caller.tenant, &id, &query.path, query.recursive).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_dir(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+) -> Result<Json<FileList>, ApiError> {
+    Ok(Json(state.engine.list_instance_dir(&caller.tenant, &id, &query.path).await?))
+}
+
+/// `Stream::next` without a futures-util dependency for one call.
+mod futures_util_shim {
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    pub async fn next_chunk<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+        std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+    }
+}
