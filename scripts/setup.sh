@@ -23,6 +23,7 @@ PACKAGES=(
   procps          # ps, used by tests inside sandboxes
   python3         # the host image's python (/usr/bin/python3)
   nodejs          # the host image's node
+  e2fsprogs       # mkfs.ext4: each persistent instance's disk image
 )
 
 log() { printf 'setup: %s\n' "$*"; }

@@ -60,6 +60,20 @@ pub fn run() -> Vec<Check> {
     let pidfd = Path::new("/proc/self/fdinfo").exists() && kernel_at_least(&kernel, 5, 10);
     add("pidfd + clone3", pidfd, "kernel >= 5.10".into(), "every sandbox");
 
+    let loop_ok = Path::new("/dev/loop-control").exists();
+    add(
+        "loop devices",
+        loop_ok,
+        if loop_ok { "/dev/loop-control".into() } else { "no /dev/loop-control".into() },
+        "persistent instances (each one's disk is a loop-mounted image)",
+    );
+    let mkfs = Command::new("mkfs.ext4").arg("-V").output().is_ok_and(|o| o.status.success());
+    add(
+        "mkfs.ext4",
+        mkfs,
+        if mkfs { "found".into() } else { "not found (package e2fsprogs)".into() },
+        "persistent instances (their disks)",
+    );
     let criu = criu_version();
     let criu_ok = criu.as_ref().is_some_and(|(_, v)| *v >= (4, 2));
     add(
