@@ -451,3 +451,28 @@ pub struct FileList {
     pub path: String,
     pub entries: Vec<FileEntry>,
 }
+
+/// A background process of an instance (`exec` with `background: true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub id: String,
+    pub argv: Vec<String>,
+    /// `running` until it ends; then `result` holds how.
+    pub status: String,
+    pub started_at_ms: u64,
+    pub result: Option<ExecutionResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /api/v1/instances/{id}/processes/{pid}/kill`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillRequest {
+    /// A signal name (`SIGTERM`) or number; SIGKILL when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<serde_json::Value>,
+}

@@ -262,3 +262,93 @@ async fn a_killed_server_keeps_every_instance_record_and_its_files() {
     assert_eq!(started.body["status"], "running", "{}", started.body);
     assert_eq!(get_file(&server, &id, "/home/user/f").await.1, b"kept\n");
 }
+
+#[tokio::test]
+async fn background_processes_run_between_execs_and_can_be_streamed_and_killed() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    let started = server
+        .post(
+            &format!("/api/v1/instances/{id}/exec"),
+            ADMIN_KEY,
+            json!({"command": "i=0; while true; do echo tick $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.2; done", "background": true}),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    assert_eq!(started.body["status"], "running");
+    let pid = started.body["id"].as_str().expect("process id").to_owned();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // It keeps running while other execs come and go, and they see what it does.
+    let first: u32 = exec(&server, &id, "cat /tmp/count").await["stdout"]
+        .as_str()
+        .expect("out")
+        .trim()
+        .parse()
+        .expect("n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later: u32 = exec(&server, &id, "cat /tmp/count").await["stdout"]
+        .as_str()
+        .expect("out")
+        .trim()
+        .parse()
+        .expect("n");
+    assert!(later > first, "the background process stopped counting ({first} -> {later})");
+    let list = server.get(&format!("/api/v1/instances/{id}/processes"), ADMIN_KEY).await;
+    assert_eq!(list.body["processes"][0]["id"], pid);
+    assert_eq!(list.body["processes"][0]["status"], "running");
+
+    // Its stream replays what it printed and goes on live; killing it ends the stream.
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/instances/{id}/processes/{pid}/stream", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("stream");
+    let mut text = String::new();
+    while !text.contains("tick 0") {
+        let chunk = resp.chunk().await.expect("chunk").expect("more");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let killed = server
+        .post(
+            &format!("/api/v1/instances/{id}/processes/{pid}/kill"),
+            ADMIN_KEY,
+            json!({"signal": "SIGTERM"}),
+        )
+        .await;
+    assert_eq!(killed.status, 200, "{}", killed.body);
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("in time")
+        .expect("chunk")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: exit"), "{text}");
+    let waited = server
+        .post(
+            &format!("/api/v1/instances/{id}/processes/{pid}/wait?timeout_ms=5000"),
+            ADMIN_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(waited.body["status"], "finished", "{}", waited.body);
+    assert_eq!(waited.body["result"]["signal"], "SIGTERM");
+    assert!(waited.body["result"]["stdout"].as_str().expect("stdout").contains("tick 1"));
+    let again = server
+        .post(&format!("/api/v1/instances/{id}/processes/{pid}/kill"), ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(again.status, 409, "an ended process cannot be signalled");
+    let bad = server
+        .post(
+            &format!("/api/v1/instances/{id}/processes/{pid}/kill"),
+            ADMIN_KEY,
+            json!({"signal": "SIGNOPE"}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let missing =
+        server.get(&format!("/api/v1/instances/{id}/processes/proc_nope"), ADMIN_KEY).await;
+    assert_eq!(missing.status, 404);
+}

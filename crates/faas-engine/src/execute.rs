@@ -23,6 +23,8 @@ pub struct Streams {
     pub stdin: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
     /// Dropping the sender kills the run.
     pub cancel: Option<oneshot::Receiver<()>>,
+    /// Signals for the run's processes (persistent instances).
+    pub signals: Option<mpsc::UnboundedReceiver<i32>>,
 }
 
 /// How long a run may take before it is recorded as running.
@@ -238,6 +240,7 @@ pub(crate) fn run_io(plan: &Plan, streams: Streams) -> RunIo {
         sink: streams.sink,
         output_limit: plan.limits.output_bytes as usize,
         cancel: streams.cancel,
+        signals: streams.signals,
     }
 }
 

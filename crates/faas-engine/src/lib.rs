@@ -24,7 +24,7 @@ pub use config::Config;
 pub use error::EngineError;
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
-pub use instances::FileRead;
+pub use instances::{FileRead, Following, InstanceExecAnswer};
 use plan::LimitRequest;
 use pool::{PoolKey, Pools};
 

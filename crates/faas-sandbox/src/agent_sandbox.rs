@@ -228,7 +228,7 @@ impl AgentSandbox {
         io: RunIo,
         before: CgroupUsage,
     ) -> Result<RunOutcome, RunError> {
-        let RunIo { sink, output_limit, mut cancel, .. } = io;
+        let RunIo { sink, output_limit, mut cancel, mut signals, .. } = io;
         let mut stdout = Capture::new(Stream::Stdout, output_limit);
         let mut stderr = Capture::new(Stream::Stderr, output_limit);
         let deadline = tokio::time::Instant::from_std(started + timeout + AGENT_SLACK);
@@ -236,6 +236,10 @@ impl AgentSandbox {
         let end = loop {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+                Some(signal) = next_signal(&mut signals) => {
+                    let _ = self.agent.send(&Request::Signal { id, signal }, &[]).await;
+                    continue;
+                }
                 _ = cancelled(&mut cancel), if !killed => {
                     killed = true;
                     let _ = self.agent.send(&Request::Signal { id, signal: libc::SIGKILL }, &[]).await;
@@ -507,6 +511,22 @@ impl AgentSandbox {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// The next signal to forward; never resolves when there is no channel.
+async fn next_signal(
+    signals: &mut Option<tokio::sync::mpsc::UnboundedReceiver<i32>>,
+) -> Option<i32> {
+    match signals {
+        Some(rx) => match rx.recv().await {
+            Some(signal) => Some(signal),
+            None => {
+                *signals = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -68,6 +68,8 @@ pub struct RunIo {
     pub output_limit: usize,
     /// Kills the run when its sender is dropped (a streaming client went away).
     pub cancel: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Signals for the run's process group as they are sent (agent sandboxes only).
+    pub signals: Option<mpsc::UnboundedReceiver<i32>>,
 }
 
 /// Resolves when `cancel` fires; never when there is none.
@@ -280,7 +282,7 @@ impl Sandboxes {
         let pidfd = launched.pidfd;
         let _unregister = Unregister { sandboxes: self, id: &req.id, pidfd: &pidfd };
 
-        let RunIo { stdin, stdin_stream, sink, output_limit, mut cancel } = req.io;
+        let RunIo { stdin, stdin_stream, sink, output_limit, mut cancel, .. } = req.io;
         let stdin = write_stdin(stdin_w, stdin, stdin_stream);
         let stdout =
             read_capped(stdout_r, Capture::new(Stream::Stdout, output_limit), sink.clone());

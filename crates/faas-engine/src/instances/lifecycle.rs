@@ -110,6 +110,7 @@ impl Engine {
             record: Mutex::new(record.clone()),
             sandbox: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            processes: Default::default(),
         });
         self.instances.lock().insert(record.id.clone(), Arc::clone(&live));
         let _guard = live.lifecycle.lock().await;

@@ -8,6 +8,7 @@
 mod exec;
 mod files;
 mod lifecycle;
+mod processes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,9 @@ use faas_sandbox::AgentSandbox;
 use crate::execute::now_ms;
 use crate::{Engine, EngineError, Tenant};
 
+pub use exec::InstanceExecAnswer;
 pub use files::FileRead;
+pub use processes::Following;
 
 /// An instance the server knows, with its sandbox while it runs.
 pub(crate) struct Live {
@@ -28,6 +31,7 @@ pub(crate) struct Live {
     sandbox: Mutex<Option<Arc<AgentSandbox>>>,
     /// Serialises create, start, stop and delete of this instance.
     lifecycle: tokio::sync::Mutex<()>,
+    processes: processes::Processes,
 }
 
 impl Live {
@@ -148,6 +152,7 @@ impl Engine {
                 record: Mutex::new(record.clone()),
                 sandbox: Mutex::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
+                processes: Default::default(),
             };
             self.instances.lock().insert(record.id.clone(), Arc::new(live));
         }

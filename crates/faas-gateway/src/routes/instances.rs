@@ -11,10 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use faas_api::{
-    CreateInstanceRequest, ExecutionResult, FileList, Instance, InstanceExecRequest, InstanceList,
-    InstanceStatus,
+    CreateInstanceRequest, FileList, Instance, InstanceExecRequest, InstanceList, InstanceStatus,
+    KillRequest, ProcessInfo, ProcessList,
 };
-use faas_engine::Streams;
+use faas_engine::{InstanceExecAnswer, Streams};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -93,13 +93,113 @@ pub async fn start(
     Ok(Json(state.engine.start_instance(&caller.tenant, &id).await?))
 }
 
+/// 200 with the result, or 202 with the process when `background` is set.
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<InstanceExecRequest>,
-) -> Result<Json<ExecutionResult>, ApiError> {
-    Ok(Json(state.engine.instance_exec(&caller.tenant, &id, req, Streams::default()).await?))
+) -> Result<Response, ApiError> {
+    Ok(match state.engine.instance_exec(&caller.tenant, &id, req, Streams::default()).await? {
+        InstanceExecAnswer::Finished(result) => Json(result).into_response(),
+        InstanceExecAnswer::Started(process) => {
+            (StatusCode::ACCEPTED, Json(process)).into_response()
+        }
+    })
+}
+
+pub async fn processes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessList>, ApiError> {
+    Ok(Json(ProcessList { processes: state.engine.list_processes(&caller.tenant, &id)? }))
+}
+
+pub async fn process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<Json<ProcessInfo>, ApiError> {
+    Ok(Json(state.engine.process_info(&caller.tenant, &id, &pid)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// Waits up to `timeout_ms` (default 30 s, at most 300 s) for the process to end.
+pub async fn wait_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<ProcessInfo>, ApiError> {
+    let timeout = std::time::Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(300_000));
+    Ok(Json(state.engine.wait_process(&caller.tenant, &id, &pid, timeout).await?))
+}
+
+pub async fn kill_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+    ApiJson(req): ApiJson<KillRequest>,
+) -> Result<Json<ProcessInfo>, ApiError> {
+    Ok(Json(state.engine.signal_process(&caller.tenant, &id, &pid, req.signal.as_ref())?))
+}
+
+/// Server-Sent Events of a background process: what it printed so far, what it prints
+/// next, then `exit` with its result.
+pub async fn stream_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let faas_engine::Following { past, mut live, mut result } =
+        state.engine.follow_process(&caller.tenant, &id, &pid)?;
+    let (tx, rx) = mpsc::channel::<Result<axum::response::sse::Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut decoders = crate::routes::stream::Decoders::default();
+        for chunk in past {
+            if tx.send(Ok(crate::routes::stream::sse_event(&decoders.event(chunk)))).await.is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                chunk = live.recv() => match chunk {
+                    Ok(chunk) => {
+                        if tx.send(Ok(crate::routes::stream::sse_event(&decoders.event(chunk)))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                },
+                // The result leaves the watch's guard at once: the guard must not live across
+                // an await of this task.
+                done = async { result.wait_for(Option::is_some).await.ok().and_then(|r| (*r).clone()) } => {
+                    // Output sent before the end is already queued: pass it on, then finish.
+                    while let Ok(chunk) = live.try_recv() {
+                        let _ = tx.send(Ok(crate::routes::stream::sse_event(&decoders.event(chunk)))).await;
+                    }
+                    if let Some(done) = done {
+                        let event = faas_api::StreamEvent::Exit(Box::new(done));
+                        let _ = tx.send(Ok(crate::routes::stream::sse_event(&event))).await;
+                    }
+                    return;
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let events = crate::routes::stream::ReceiverStream(rx);
+    Ok(axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

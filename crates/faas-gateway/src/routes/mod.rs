@@ -32,6 +32,11 @@ pub(crate) fn routes() -> Router<AppState> {
             get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
+        .route("/api/v1/instances/{id}/processes", get(instances::processes))
+        .route("/api/v1/instances/{id}/processes/{pid}", get(instances::process))
+        .route("/api/v1/instances/{id}/processes/{pid}/wait", post(instances::wait_process))
+        .route("/api/v1/instances/{id}/processes/{pid}/kill", post(instances::kill_process))
+        .route("/api/v1/instances/{id}/processes/{pid}/stream", get(instances::stream_process))
         .route("/api/v1/executions/{id}", get(execute::get_execution))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))

@@ -56,13 +56,13 @@ impl Utf8Chunks {
 }
 
 #[derive(Default)]
-struct Decoders {
+pub(crate) struct Decoders {
     stdout: Utf8Chunks,
     stderr: Utf8Chunks,
 }
 
 impl Decoders {
-    fn event(&mut self, chunk: OutputChunk) -> StreamEvent {
+    pub(crate) fn event(&mut self, chunk: OutputChunk) -> StreamEvent {
         match chunk.stream {
             Stream::Stdout => StreamEvent::Stdout { data: self.stdout.push(&chunk.data) },
             Stream::Stderr => StreamEvent::Stderr { data: self.stderr.push(&chunk.data) },
@@ -101,7 +101,8 @@ fn start(
     let (sink, output) = mpsc::unbounded_channel();
     let (stdin, stdin_rx) = mpsc::unbounded_channel();
     let (kill, cancel) = oneshot::channel();
-    let streams = Streams { sink: Some(sink), stdin: Some(stdin_rx), cancel: Some(cancel) };
+    let streams =
+        Streams { sink: Some(sink), stdin: Some(stdin_rx), cancel: Some(cancel), signals: None };
     let run = tokio::spawn(async move { engine.execute(&tenant, req, streams).await });
     (output, stdin, kill, run)
 }
@@ -183,7 +184,7 @@ async fn session(engine: Arc<Engine>, tenant: Tenant, mut socket: WebSocket) {
     drop(kill);
 }
 
-fn sse_event(event: &StreamEvent) -> Event {
+pub(crate) fn sse_event(event: &StreamEvent) -> Event {
     let name = match event {
         StreamEvent::Stdout { .. } => "stdout",
         StreamEvent::Stderr { .. } => "stderr",
@@ -224,25 +225,20 @@ pub async fn sse(
         drop(kill);
         let _ = run.await;
     });
-    Sse::new(tokio_stream_shim::Receiver(rx)).keep_alive(KeepAlive::default())
+    Sse::new(ReceiverStream(rx)).keep_alive(KeepAlive::default())
 }
 
-/// A `Stream` over an mpsc receiver, without pulling in tokio-stream for one adapter.
-mod tokio_stream_shim {
-    use std::convert::Infallible;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+/// A `Stream` over an mpsc receiver of SSE events, without tokio-stream for one adapter.
+pub(crate) struct ReceiverStream(pub mpsc::Receiver<Result<Event, Infallible>>);
 
-    use axum::response::sse::Event;
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Event, Infallible>;
 
-    pub struct Receiver(pub tokio::sync::mpsc::Receiver<Result<Event, Infallible>>);
-
-    impl futures_core::Stream for Receiver {
-        type Item = Result<Event, Infallible>;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.0.poll_recv(cx)
-        }
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 
