@@ -131,8 +131,12 @@ impl AgentSandbox {
     }
 
     /// Kills every process in the sandbox but the agent (a reused sandbox between calls).
+    /// Not waited for: the agent handles requests in order, so whatever is sent next runs
+    /// after the kill.
     pub async fn kill_processes(&self) -> Result<(), RunError> {
-        self.agent.call(|id| Request::KillAll { id }).await?;
+        let (id, _) = self.agent.subscribe();
+        self.agent.unsubscribe(id);
+        self.agent.send(&Request::KillAll { id }, &[]).await?;
         Ok(())
     }
 
