@@ -532,10 +532,13 @@ impl Agent {
                 }
             }
             Request::TcpClose { id } => {
+                // The host is done sending: shut our write side once the backlog is out,
+                // and keep reading the answer until the program closes its side.
                 if let Some(t) = self.tcp.get_mut(&id) {
                     t.closing = true;
                     if t.out.is_empty() {
-                        self.tcp.remove(&id);
+                        // SAFETY: shutdown on a socket we own.
+                        unsafe { libc::shutdown(t.sock.as_raw_fd(), libc::SHUT_WR) };
                     }
                 }
             }
@@ -1147,8 +1150,8 @@ impl Agent {
                 }
             }
             if t.out.is_empty() && t.closing {
-                self.tcp.remove(&id);
-                return;
+                // SAFETY: shutdown on a socket we own.
+                unsafe { libc::shutdown(fd, libc::SHUT_WR) };
             }
         }
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {

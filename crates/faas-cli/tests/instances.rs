@@ -352,3 +352,116 @@ async fn background_processes_run_between_execs_and_can_be_streamed_and_killed()
         server.get(&format!("/api/v1/instances/{id}/processes/proc_nope"), ADMIN_KEY).await;
     assert_eq!(missing.status, 404);
 }
+
+/// A WebSocket echo server in plain Python (no packages in the image): handshake, then
+/// every text frame back, unmasked.
+const WS_ECHO: &str = r#"
+import base64, hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 9000)); s.listen(4)
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(4096)
+    key = [l.split(b": ")[1] for l in req.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    def read(n):
+        b = b""
+        while len(b) < n:
+            b += c.recv(n - len(b))
+        return b
+    while True:
+        h = read(2); op = h[0] & 15; n = h[1] & 127
+        if n == 126: n = int.from_bytes(read(2), "big")
+        mask = read(4); data = bytes(x ^ mask[i % 4] for i, x in enumerate(read(n)))
+        if op == 8: break
+        c.sendall(bytes([0x81, len(data)]) + data)
+    c.close()
+"#;
+
+#[tokio::test]
+async fn ports_are_proxied_for_http_and_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    exec(&server, &id, "mkdir -p /home/user/site && echo served > /home/user/site/page.txt").await;
+    for (command, _) in [
+        ("cd /home/user/site && exec python3 -m http.server 8000 --bind 127.0.0.1", 8000),
+        ("exec python3 /tmp/ws.py", 9000),
+    ] {
+        if command.contains("ws.py") {
+            let resp = put_file(&server, &id, "/tmp/ws.py", WS_ECHO.as_bytes().to_vec()).await;
+            assert_eq!(resp.status(), 200);
+        }
+        let r = server
+            .post(
+                &format!("/api/v1/instances/{id}/exec"),
+                ADMIN_KEY,
+                json!({"command": command, "background": true}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    // Servers take a moment to listen.
+    let url = format!("{}/api/v1/instances/{id}/ports/8000/page.txt", server.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let resp =
+            reqwest::Client::new().get(&url).bearer_auth(ADMIN_KEY).send().await.expect("request");
+        if resp.status() == 200 {
+            break resp.text().await.expect("body");
+        }
+        assert!(Instant::now() < deadline, "the proxied server never answered: {}", resp.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body, "served\n");
+    let listing = reqwest::Client::new()
+        .get(format!("{}/api/v1/instances/{id}/ports/8000/?x=1", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert!(listing.text().await.expect("body").contains("page.txt"));
+    // Nothing listens on this port: 502, not a hang.
+    let closed = server.get(&format!("/api/v1/instances/{id}/ports/8999/"), ADMIN_KEY).await;
+    assert_eq!(closed.status, 502, "{}", closed.body);
+    // Without a key, or with another tenant's, there is no way in.
+    let anonymous = reqwest::get(&url).await.expect("request");
+    assert_eq!(anonymous.status(), 401);
+    let bob = server.tenant_key("bob").await;
+    assert_eq!(
+        server.get(&format!("/api/v1/instances/{id}/ports/8000/page.txt"), &bob).await.status,
+        404
+    );
+
+    // WebSockets go through too.
+    let ws_url =
+        format!("{}/api/v1/instances/{id}/ports/9000/", server.url.replace("http://", "ws://"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut socket = loop {
+        let mut request = ws_url.clone().into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => break socket,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "websocket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    socket.send(Message::Text("ping through the proxy".into())).await.expect("send");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("in time")
+        .expect("frame")
+        .expect("ok");
+    assert_eq!(echoed.into_text().expect("text").as_str(), "ping through the proxy");
+}

@@ -22,6 +22,9 @@ pub enum EngineError {
     /// The instance's disk is full (507).
     #[error("{message}")]
     DiskFull { message: String },
+    /// The instance's program behind a proxied port did not answer (502).
+    #[error("{message}")]
+    BadGateway { message: String },
     /// Too many sandboxes are running (503).
     #[error("the server is at its limit of {limit} concurrent sandboxes")]
     Overloaded { limit: usize },

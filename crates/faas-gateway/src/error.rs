@@ -58,6 +58,7 @@ impl ApiError {
                 EngineError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
                 EngineError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
                 EngineError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+                EngineError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
                 EngineError::Sandbox(RunError::Agent(
                     faas_sandbox::agent::AgentError::TooLarge(_),
                 )) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

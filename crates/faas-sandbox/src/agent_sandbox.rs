@@ -484,6 +484,60 @@ impl AgentSandbox {
         result
     }
 
+    /// Opens a TCP connection to `port` on the sandbox's loopback, through the agent, as a
+    /// byte stream (no network setup needed: the sandbox has none).
+    pub async fn connect(&self, port: u16) -> Result<tokio::io::DuplexStream, RunError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (id, mut rx) = self.agent.subscribe();
+        if let Err(e) = self.agent.send(&Request::Connect { id, port }, &[]).await {
+            self.agent.unsubscribe(id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(crate::agent::CALL_TIMEOUT, rx.recv()).await {
+            Ok(Some(Message { event: Event::Connected { .. }, .. })) => {}
+            Ok(Some(Message { event: Event::Error { message, errno, .. }, .. })) => {
+                self.agent.unsubscribe(id);
+                return Err(AgentError::Refused { message, errno }.into());
+            }
+            _ => {
+                self.agent.unsubscribe(id);
+                return Err(AgentError::Gone.into());
+            }
+        }
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (mut read, mut write) = tokio::io::split(ours);
+        let agent = Arc::clone(&self.agent);
+        // From the sandbox to the caller.
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                match message.event {
+                    Event::TcpData { .. } if write.write_all(&message.data).await.is_err() => break,
+                    Event::TcpClosed { .. } | Event::Error { .. } => break,
+                    _ => {}
+                }
+            }
+            let _ = write.shutdown().await;
+            agent.unsubscribe(id);
+        });
+        // From the caller to the sandbox.
+        let agent = Arc::clone(&self.agent);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; faas_agent::protocol::CHUNK];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if agent.send(&Request::TcpData { id }, &buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = agent.send(&Request::TcpClose { id }, &[]).await;
+        });
+        Ok(theirs)
+    }
+
     /// Lists a directory inside the sandbox.
     pub async fn list_dir(
         &self,

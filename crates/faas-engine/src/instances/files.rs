@@ -143,3 +143,26 @@ impl Engine {
         sandbox.delete_path(path, recursive).await.map_err(|e| file_error(path, e))
     }
 }
+
+impl Engine {
+    /// A byte stream to `port` on the instance's loopback, through its agent.
+    pub async fn instance_connect(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        port: u16,
+    ) -> Result<tokio::io::DuplexStream, EngineError> {
+        if port == 0 {
+            return Err(invalid("port", "must be between 1 and 65535"));
+        }
+        let live = self.live(tenant, id)?;
+        let sandbox = self.running(&live)?;
+        live.touch();
+        sandbox.connect(port).await.map_err(|e| match e {
+            RunError::Agent(AgentError::Refused { message, .. }) => EngineError::BadGateway {
+                message: format!("nothing answers on port {port} in instance {id}: {message}"),
+            },
+            other => EngineError::Sandbox(other),
+        })
+    }
+}

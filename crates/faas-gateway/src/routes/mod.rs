@@ -6,10 +6,11 @@ mod health;
 mod instances;
 mod keys;
 mod pools;
+mod ports;
 mod stream;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 
 use crate::AppState;
 
@@ -32,6 +33,9 @@ pub(crate) fn routes() -> Router<AppState> {
             get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
+        .route("/api/v1/instances/{id}/ports/{port}", any(ports::proxy_root))
+        .route("/api/v1/instances/{id}/ports/{port}/", any(ports::proxy_root))
+        .route("/api/v1/instances/{id}/ports/{port}/{*rest}", any(ports::proxy))
         .route("/api/v1/instances/{id}/processes", get(instances::processes))
         .route("/api/v1/instances/{id}/processes/{pid}", get(instances::process))
         .route("/api/v1/instances/{id}/processes/{pid}/wait", post(instances::wait_process))
