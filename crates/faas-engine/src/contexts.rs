@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use faas_api::{ContextInfo, CreateContextRequest};
 use faas_sandbox::{AgentSandbox, RunIo, RunOutcome};
 
-use crate::plan::{LimitRequest, invalid};
+use crate::plan::invalid;
 use crate::pool::{PoolKey, Pools, discard};
 use crate::{Engine, EngineError, Tenant};
 
@@ -88,12 +88,7 @@ impl Engine {
         };
         let max = self.config.pools.max_contexts_per_tenant;
         let image = self.image(req.image.as_deref())?;
-        let limits = self.limits(&LimitRequest {
-            timeout_ms: None,
-            memory_mb: req.memory_mb,
-            cpu: req.cpu,
-            pids: req.pids,
-        })?;
+        let limits = self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?;
         let env = self.env(&image, req.env)?;
         let _permit = self.admit()?;
         let info = ContextInfo {

@@ -25,7 +25,6 @@ pub use error::EngineError;
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
 pub use instances::{FileRead, Following, InstanceExecAnswer};
-use plan::LimitRequest;
 use pool::{PoolKey, Pools};
 
 /// A tenant as the engine knows it: every record belongs to one.
@@ -125,12 +124,7 @@ impl Engine {
             ));
         }
         let image = self.image(req.image.as_deref())?;
-        let limits = self.limits(&LimitRequest {
-            timeout_ms: None,
-            memory_mb: req.memory_mb,
-            cpu: req.cpu,
-            pids: req.pids,
-        })?;
+        let limits = self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?;
         self.pools.prewarm(PoolKey::new(tenant, &image, &limits, None), &image, req.count).await
     }
 

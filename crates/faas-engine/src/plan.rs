@@ -193,6 +193,16 @@ impl Engine {
         Ok(AppliedLimits { timeout_ms, memory_mb, cpu, pids, output_bytes: c.output_bytes })
     }
 
+    /// A long-lived sandbox's limits: the request's, or the defaults (no timeout applies).
+    pub(crate) fn sandbox_limits(
+        &self,
+        memory_mb: Option<u64>,
+        cpu: Option<f64>,
+        pids: Option<u32>,
+    ) -> Result<AppliedLimits, EngineError> {
+        self.limits(&LimitRequest { timeout_ms: None, memory_mb, cpu, pids })
+    }
+
     /// Who a process in a sandbox runs as, and its per-process limits.
     pub(crate) fn confine(&self, workdir: &str) -> Confine {
         Confine {

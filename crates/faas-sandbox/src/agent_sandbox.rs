@@ -302,39 +302,11 @@ impl AgentSandbox {
 
     /// Creates or replaces a file inside the sandbox, as the sandbox user.
     pub async fn write_file(&self, path: &str, content: &[u8], mode: u32) -> Result<u64, RunError> {
-        let (id, mut rx) = self.agent.subscribe();
-        let result = async {
-            self.agent
-                .send(
-                    &Request::FileWrite {
-                        id,
-                        path: path.to_owned(),
-                        mode,
-                        uid: self.uid,
-                        gid: self.gid,
-                    },
-                    &[],
-                )
-                .await?;
-            for chunk in content.chunks(faas_agent::protocol::CHUNK) {
-                self.agent.send(&Request::FileChunk { id }, chunk).await?;
-            }
-            self.agent.send(&Request::FileEnd { id }, &[]).await?;
-            match rx.recv().await.ok_or(AgentError::Gone)?.event {
-                Event::Done { size, .. } => Ok(size),
-                Event::Error { message, errno, .. } => {
-                    Err(AgentError::Refused { message, errno }.into())
-                }
-                other => Err(AgentError::Refused {
-                    message: format!("unexpected answer {other:?}"),
-                    errno: None,
-                }
-                .into()),
-            }
-        }
-        .await;
-        self.agent.unsubscribe(id);
-        result
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // One message holds it all: the stream splits it into frames.
+        let _ = tx.send(content.to_vec()).await;
+        drop(tx);
+        self.write_file_stream(path, mode, rx).await
     }
 
     /// Starts a language context (a Python or Node interpreter keeping its globals).

@@ -10,7 +10,7 @@ use faas_sandbox::{AgentSandbox, AgentSpec, LaunchSpec, Limits};
 
 use super::Live;
 use crate::execute::now_ms;
-use crate::plan::{LimitRequest, invalid};
+use crate::plan::invalid;
 use crate::{Engine, EngineError, Tenant};
 
 const MIN_DISK_MB: u64 = 16;
@@ -50,12 +50,7 @@ impl Engine {
         }
         self.pools.agent()?;
         let image = self.image(req.image.as_deref())?;
-        let limits = self.limits(&LimitRequest {
-            timeout_ms: None,
-            memory_mb: req.memory_mb,
-            cpu: req.cpu,
-            pids: req.pids,
-        })?;
+        let limits = self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?;
         let c = &self.config.instances;
         let disk_mb = req.disk_mb.unwrap_or(c.default_disk_mb);
         if !(MIN_DISK_MB..=c.max_disk_mb).contains(&disk_mb) {
