@@ -465,3 +465,46 @@ async fn ports_are_proxied_for_http_and_websockets() {
         .expect("ok");
     assert_eq!(echoed.into_text().expect("text").as_str(), "ping through the proxy");
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_slow_download_is_not_buffered_by_the_server() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({"disk_mb": 512})).await;
+    let r = exec(&server, &id, "head -c 200M /dev/zero > /home/user/big && echo ok").await;
+    assert_eq!(r["stdout"], "ok\n", "{r}");
+    let before = rss_bytes(server.pid());
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/instances/{id}/files?path=/home/user/big", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // Take a little, then stall: the server must wait for us, not read ahead into memory.
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        got += resp.chunk().await.expect("chunk").expect("data").len();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss_bytes(server.pid());
+    assert!(
+        during < before + (64 << 20),
+        "the server buffered the download: {before} -> {during} bytes"
+    );
+    // And the rest still arrives, complete.
+    while let Some(chunk) = resp.chunk().await.expect("chunk") {
+        got += chunk.len();
+    }
+    assert_eq!(got, 200 << 20);
+}

@@ -44,7 +44,13 @@ pub struct Message {
     pub data: Vec<u8>,
 }
 
-type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+
+/// Events buffered per request. A request whose reader falls behind stops the connection's
+/// reader task, then the socket, then the agent (its high-water mark), so a slow consumer
+/// (a client downloading a large file) never makes the host buffer without bound; the cost
+/// is that the instance's other requests wait meanwhile.
+const ROUTE_BUFFER: usize = 32;
 
 pub struct AgentClient {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -76,9 +82,9 @@ impl AgentClient {
                 let Some(id) = message.event.id() else {
                     continue;
                 };
-                let routes = reader_routes.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(tx) = routes.get(&id) {
-                    let _ = tx.send(message);
+                let tx = reader_routes.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.send(message).await;
                 }
             }
             // The agent is gone: every waiter sees its channel close.
@@ -93,9 +99,9 @@ impl AgentClient {
     }
 
     /// A fresh request id with a channel for its events. Unsubscribe when done.
-    pub fn subscribe(&self) -> (u64, mpsc::UnboundedReceiver<Message>) {
+    pub fn subscribe(&self) -> (u64, mpsc::Receiver<Message>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(ROUTE_BUFFER);
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         (id, rx)
     }

@@ -166,7 +166,7 @@ impl AgentSandbox {
     async fn exec_inner(
         &self,
         id: u64,
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+        rx: &mut tokio::sync::mpsc::Receiver<Message>,
         mut req: ExecRequest,
     ) -> Result<RunOutcome, RunError> {
         let before = self.begin_measure();
@@ -226,7 +226,7 @@ impl AgentSandbox {
     async fn collect(
         &self,
         id: u64,
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+        rx: &mut tokio::sync::mpsc::Receiver<Message>,
         started: Instant,
         timeout: Duration,
         io: RunIo,

@@ -128,6 +128,11 @@ impl Server {
         child.wait().expect("wait")
     }
 
+    /// The server's own pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("server running")
+    }
+
     /// Host pids of this server's launcher processes.
     pub fn launcher_pids(&self) -> Vec<i32> {
         let run_dir = self.run_dir.to_string_lossy().into_owned();
