@@ -508,3 +508,69 @@ async fn a_slow_download_is_not_buffered_by_the_server() {
     }
     assert_eq!(got, 200 << 20);
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_next(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt;
+    match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("in time") {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+            serde_json::from_str(&text).expect("json")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn instance_exec_streams_over_websocket_and_sse() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    exec(&server, &id, "echo state > /home/user/s").await;
+    let url =
+        format!("{}/api/v1/instances/{id}/exec/stream", server.url.replace("http://", "ws://"));
+    let mut request = url.clone().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket");
+    let req = json!({"command": "cat /home/user/s; read line; echo got $line; sleep 1; echo done"});
+    socket.send(Message::Text(req.to_string().into())).await.expect("send");
+    assert_eq!(ws_next(&mut socket).await, json!({"type": "stdout", "data": "state\n"}));
+    socket
+        .send(Message::Text(json!({"type": "stdin", "data": "hello\n"}).to_string().into()))
+        .await
+        .expect("stdin");
+    assert_eq!(ws_next(&mut socket).await, json!({"type": "stdout", "data": "got hello\n"}));
+    let started = Instant::now();
+    let mut last = ws_next(&mut socket).await;
+    while last["type"] != "exit" {
+        last = ws_next(&mut socket).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(700), "output came only at the end");
+    assert_eq!(last["mode"], "persistent");
+    assert_eq!(last["stdout"], "state\ngot hello\ndone\n");
+
+    let sse = reqwest::Client::new()
+        .post(format!("{}/api/v1/instances/{id}/exec/stream", server.url))
+        .bearer_auth(ADMIN_KEY)
+        .body(json!({"command": "cat /home/user/s"}).to_string())
+        .send()
+        .await
+        .expect("sse");
+    let text = sse.text().await.expect("body");
+    assert!(
+        text.contains("event: stdout") && text.contains("state") && text.contains("event: exit"),
+        "{text}"
+    );
+    let bob = server.tenant_key("bob").await;
+    let other = server
+        .post(&format!("/api/v1/instances/{id}/exec/stream"), &bob, json!({"command": "true"}))
+        .await;
+    assert_eq!(other.status, 404);
+}

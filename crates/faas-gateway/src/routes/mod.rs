@@ -29,6 +29,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/start", post(instances::start))
         .route("/api/v1/instances/{id}/exec", post(instances::exec))
         .route(
+            "/api/v1/instances/{id}/exec/stream",
+            get(stream::instance_websocket).post(stream::instance_sse),
+        )
+        .route(
             "/api/v1/instances/{id}/files",
             get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )

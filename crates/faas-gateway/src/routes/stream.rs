@@ -7,12 +7,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use faas_api::{ExecuteRequest, ExecutionResult, StreamEvent, StreamInput};
-use faas_engine::{Engine, EngineError, Streams, Tenant};
+use faas_api::{ExecuteRequest, ExecutionResult, InstanceExecRequest, StreamEvent, StreamInput};
+use faas_engine::{Engine, EngineError, InstanceExecAnswer, Streams, Tenant};
 use faas_sandbox::{OutputChunk, Stream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -85,13 +85,37 @@ fn final_event(
     }
 }
 
+/// What a stream runs: an execute request, or an exec in an instance.
+enum Job {
+    Execute(ExecuteRequest),
+    Instance { id: String, req: InstanceExecRequest },
+}
+
+/// Where a WebSocket's first message goes.
+#[derive(Clone)]
+enum Target {
+    Execute,
+    Instance(String),
+}
+
+impl Target {
+    fn job(&self, text: &str) -> Result<Job, serde_json::Error> {
+        Ok(match self {
+            Target::Execute => Job::Execute(serde_json::from_str(text)?),
+            Target::Instance(id) => {
+                Job::Instance { id: id.clone(), req: serde_json::from_str(text)? }
+            }
+        })
+    }
+}
+
 /// Starts a run with live output; returns the output channel, stdin sender, the kill
 /// switch (drop it to kill) and the run's task.
 #[allow(clippy::type_complexity)]
 fn start(
     engine: Arc<Engine>,
     tenant: Tenant,
-    req: ExecuteRequest,
+    job: Job,
 ) -> (
     mpsc::UnboundedReceiver<OutputChunk>,
     mpsc::UnboundedSender<Vec<u8>>,
@@ -103,7 +127,18 @@ fn start(
     let (kill, cancel) = oneshot::channel();
     let streams =
         Streams { sink: Some(sink), stdin: Some(stdin_rx), cancel: Some(cancel), signals: None };
-    let run = tokio::spawn(async move { engine.execute(&tenant, req, streams).await });
+    let run = tokio::spawn(async move {
+        match job {
+            Job::Execute(req) => engine.execute(&tenant, req, streams).await,
+            Job::Instance { id, req } => match engine.instance_exec(&tenant, &id, req, streams).await? {
+                InstanceExecAnswer::Finished(result) => Ok(result),
+                InstanceExecAnswer::Started(_) => Err(EngineError::Invalid {
+                    field: "background",
+                    reason: "a stream follows one run to its end; stream a background process from .../processes/{pid}/stream".into(),
+                }),
+            },
+        }
+    });
     (output, stdin, kill, run)
 }
 
@@ -112,7 +147,25 @@ pub async fn websocket(
     caller: Caller,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| session(state.engine, caller.tenant, socket)).into_response()
+    upgrade
+        .on_upgrade(move |socket| session(state.engine, caller.tenant, socket, Target::Execute))
+        .into_response()
+}
+
+/// `GET /api/v1/instances/{id}/exec/stream`: the same protocol, in an instance.
+pub async fn instance_websocket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Refuse another tenant's (or no) instance before upgrading.
+    state.engine.instance(&caller.tenant, &id).await?;
+    Ok(upgrade
+        .on_upgrade(move |socket| {
+            session(state.engine, caller.tenant, socket, Target::Instance(id))
+        })
+        .into_response())
 }
 
 async fn send(socket: &mut WebSocket, event: &StreamEvent) -> bool {
@@ -120,11 +173,11 @@ async fn send(socket: &mut WebSocket, event: &StreamEvent) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
-async fn session(engine: Arc<Engine>, tenant: Tenant, mut socket: WebSocket) {
-    let req = loop {
+async fn session(engine: Arc<Engine>, tenant: Tenant, mut socket: WebSocket, target: Target) {
+    let job = loop {
         match socket.recv().await {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ExecuteRequest>(&text) {
-                Ok(req) => break req,
+            Some(Ok(Message::Text(text))) => match target.job(&text) {
+                Ok(job) => break job,
                 Err(e) => {
                     let error = ApiError::InvalidRequest(e.to_string()).detail();
                     send(&mut socket, &StreamEvent::Error { error }).await;
@@ -135,7 +188,7 @@ async fn session(engine: Arc<Engine>, tenant: Tenant, mut socket: WebSocket) {
             _ => return,
         }
     };
-    let (mut output, stdin, kill, run) = start(engine, tenant, req);
+    let (mut output, stdin, kill, run) = start(engine, tenant, job);
     let mut stdin = Some(stdin);
     let mut decoders = Decoders::default();
     loop {
@@ -198,10 +251,25 @@ pub async fn sse(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<ExecuteRequest>,
-) -> impl IntoResponse {
+) -> Response {
+    sse_response(state.engine, caller.tenant, Job::Execute(req))
+}
+
+/// `POST /api/v1/instances/{id}/exec/stream`: Server-Sent Events of an exec in an instance.
+pub async fn instance_sse(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InstanceExecRequest>,
+) -> Result<Response, ApiError> {
+    state.engine.instance(&caller.tenant, &id).await?;
+    Ok(sse_response(state.engine, caller.tenant, Job::Instance { id, req }))
+}
+
+fn sse_response(engine: Arc<Engine>, tenant: Tenant, job: Job) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
-        let (mut output, stdin, kill, run) = start(state.engine, caller.tenant, req);
+        let (mut output, stdin, kill, run) = start(engine, tenant, job);
         drop(stdin);
         let mut decoders = Decoders::default();
         loop {
@@ -225,7 +293,7 @@ pub async fn sse(
         drop(kill);
         let _ = run.await;
     });
-    Sse::new(ReceiverStream(rx)).keep_alive(KeepAlive::default())
+    Sse::new(ReceiverStream(rx)).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// A `Stream` over an mpsc receiver of SSE events, without tokio-stream for one adapter.
