@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 /// Data is sent in chunks of at most this size.
@@ -23,6 +23,13 @@ pub struct Confine {
     pub max_open_files: u64,
 }
 
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
@@ -36,7 +43,8 @@ pub enum Stream {
 pub enum Request {
     /// Start a process. Answered by `started` (or `exit` with `start_error`), then output
     /// events, then `exit`. With `stdin: true` the process's stdin stays open for `stdin`
-    /// messages; otherwise it reads EOF.
+    /// messages; otherwise it reads EOF. With `pty` the process runs on a new terminal of
+    /// that size (stdin, stdout and stderr all on it; output comes as `stdout`).
     Exec {
         id: u64,
         argv: Vec<String>,
@@ -44,6 +52,13 @@ pub enum Request {
         confine: Confine,
         timeout_ms: Option<u64>,
         stdin: bool,
+        #[serde(default)]
+        pty: Option<PtySize>,
+    },
+    /// Resize a process's terminal (it gets SIGWINCH).
+    Resize {
+        id: u64,
+        size: PtySize,
     },
     /// Data for a process's stdin (the frame's data); `eof` closes it.
     Stdin {

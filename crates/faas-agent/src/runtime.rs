@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use faas_confine::{Confinement, Filters};
 
-use crate::protocol::{self, CHUNK, Confine, Event, Request, StartError, Stream};
+use crate::protocol::{self, CHUNK, Confine, Event, PtySize, Request, StartError, Stream};
 
 /// The control socket's descriptor (see faas-sandbox's AGENT_CONTROL_FD).
 pub const CONTROL_FD: RawFd = 4;
@@ -54,6 +54,16 @@ struct Proc {
     stdin_eof: bool,
     deadline: Option<Instant>,
     timed_out: bool,
+    /// The terminal's controlling side, for resizes (processes started with a pty).
+    terminal: Option<OwnedFd>,
+}
+
+/// The agent's ends of a started process's descriptors 0, 1 and 2: pipes, or one terminal
+/// (then `stderr` is `None`: the terminal carries both streams).
+struct Stdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
 }
 
 struct Run {
@@ -421,11 +431,17 @@ impl Agent {
 
     fn handle(&mut self, request: Request, data: Vec<u8>) {
         match request {
-            Request::Exec { id, argv, env, confine, timeout_ms, stdin } => {
+            Request::Exec { id, argv, env, confine, timeout_ms, stdin, pty } => {
                 if self.procs.contains_key(&id) {
                     return self.error(id, format!("request id {id} is in use"), None);
                 }
-                self.exec(id, &argv, &env, &confine, timeout_ms, stdin)
+                self.exec(id, &argv, &env, &confine, timeout_ms, stdin, pty)
+            }
+            Request::Resize { id, size } => {
+                if let Some(terminal) = self.procs.get(&id).and_then(|p| p.terminal.as_ref()) {
+                    // A failed resize leaves the old size; the process runs on regardless.
+                    let _ = set_window_size(terminal, size);
+                }
             }
             Request::Stdin { id, eof } => {
                 if let Some(p) = self.procs.get_mut(&id)
@@ -574,22 +590,37 @@ impl Agent {
         }
     }
 
-    /// Forks a confined process with pipes on 0, 1, 2 and `extra` descriptors on 3, 4, ...
-    /// Returns after the exec succeeded (or with why it did not).
+    /// Forks a confined process with pipes (or, with `pty`, a new terminal) on 0, 1, 2 and
+    /// `extra` descriptors on 3, 4, ... Returns after the exec succeeded (or with why not).
     fn spawn(
         &self,
         argv: &[String],
         env: &[String],
         confine: &Confine,
+        pty: Option<PtySize>,
         extra: &[RawFd],
-    ) -> Result<(i32, OwnedFd, OwnedFd, OwnedFd), StartError> {
+    ) -> Result<(i32, Stdio), StartError> {
         let fail = |stage: &str, errno: i32| StartError { stage: stage.into(), errno };
         if argv.is_empty() {
             return Err(fail("exec", libc::EINVAL));
         }
-        let (stdin_r, stdin_w) = pipe().map_err(|e| fail("pipe", e))?;
-        let (stdout_r, stdout_w) = pipe().map_err(|e| fail("pipe", e))?;
-        let (stderr_r, stderr_w) = pipe().map_err(|e| fail("pipe", e))?;
+        let (ours, theirs) = match pty {
+            None => {
+                let (stdin_r, stdin_w) = pipe().map_err(|e| fail("pipe", e))?;
+                let (stdout_r, stdout_w) = pipe().map_err(|e| fail("pipe", e))?;
+                let (stderr_r, stderr_w) = pipe().map_err(|e| fail("pipe", e))?;
+                let ours = Stdio { stdin: stdin_w, stdout: stdout_r, stderr: Some(stderr_r) };
+                (ours, [stdin_r, stdout_w, stderr_w])
+            }
+            Some(size) => {
+                let os =
+                    |e: std::io::Error| fail("terminal", e.raw_os_error().unwrap_or(libc::EIO));
+                let (controller, user) = open_pty(confine.uid, confine.gid, size).map_err(os)?;
+                let stdin = controller.try_clone().map_err(os)?;
+                let theirs = [user.try_clone().map_err(os)?, user.try_clone().map_err(os)?, user];
+                (Stdio { stdin, stdout: controller, stderr: None }, theirs)
+            }
+        };
         let (status_r, status_w) = pipe().map_err(|e| fail("pipe", e))?;
         let confinement = Confinement {
             uid: confine.uid,
@@ -598,8 +629,9 @@ impl Agent {
             max_file_bytes: confine.max_file_bytes,
             max_open_files: confine.max_open_files,
             create_workdir: true,
+            terminal: pty.is_some(),
         };
-        let mut sources = vec![stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
+        let mut sources: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
         sources.extend_from_slice(extra);
         sources.push(status_w.as_raw_fd());
         let status_fd = (sources.len() - 1) as i32;
@@ -647,7 +679,7 @@ impl Agent {
                 libc::_exit(127);
             }
         }
-        drop((stdin_r, stdout_w, stderr_w, status_w));
+        drop((theirs, status_w));
         // The child closes its end by exec (close-on-exec) or writes why it could not. A
         // child that never gets there (stopped by a signal, say) is given up on.
         let mut report = String::new();
@@ -667,10 +699,12 @@ impl Agent {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             return Err(fail(stage, errno.parse().unwrap_or(libc::EIO)));
         }
-        for fd in [&stdin_w, &stdout_r, &stderr_r] {
+        for fd in
+            [Some(&ours.stdin), Some(&ours.stdout), ours.stderr.as_ref()].into_iter().flatten()
+        {
             set_nonblocking(fd.as_raw_fd());
         }
-        Ok((pid, stdin_w, stdout_r, stderr_r))
+        Ok((pid, ours))
     }
 
     fn exec(
@@ -681,22 +715,25 @@ impl Agent {
         confine: &Confine,
         timeout_ms: Option<u64>,
         stdin: bool,
+        pty: Option<PtySize>,
     ) {
-        match self.spawn(argv, env, confine, &[]) {
-            Ok((pid, stdin_w, stdout, stderr)) => {
+        match self.spawn(argv, env, confine, pty, &[]) {
+            Ok((pid, stdio)) => {
                 self.by_pid.insert(pid, id);
+                let terminal = pty.and_then(|_| stdio.stdout.try_clone().ok());
                 self.procs.insert(
                     id,
                     Proc {
                         pid,
-                        stdout: Some(stdout),
-                        stderr: Some(stderr),
-                        stdin: stdin.then_some(stdin_w),
+                        stdout: Some(stdio.stdout),
+                        stderr: stdio.stderr,
+                        stdin: stdin.then_some(stdio.stdin),
                         stdin_buf: Vec::new(),
                         stdin_eof: false,
                         deadline: timeout_ms
                             .map(|ms| Instant::now() + Duration::from_millis(ms).min(MAX_TIMEOUT)),
                         timed_out: false,
+                        terminal,
                     },
                 );
                 self.send(&Event::Started { id, pid }, b"");
@@ -867,8 +904,8 @@ impl Agent {
             Ok(p) => p,
             Err(e) => return self.error(id, "pipe", Some(e)),
         };
-        match self.spawn(&argv, env, confine, &[ctl_r.as_raw_fd(), reply_w.as_raw_fd()]) {
-            Ok((pid, _stdin, stdout, stderr)) => {
+        match self.spawn(&argv, env, confine, None, &[ctl_r.as_raw_fd(), reply_w.as_raw_fd()]) {
+            Ok((pid, Stdio { stdout, stderr, .. })) => {
                 drop((ctl_r, reply_w));
                 set_nonblocking(ctl_w.as_raw_fd());
                 set_nonblocking(reply_r.as_raw_fd());
@@ -881,7 +918,7 @@ impl Agent {
                         reply: reply_r,
                         reply_buf: Vec::new(),
                         stdout: Some(stdout),
-                        stderr: Some(stderr),
+                        stderr,
                         creating: Some(id),
                         running: None,
                     },
@@ -1220,6 +1257,51 @@ fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std
         libc::setfsgid(0);
     }
     result
+}
+
+/// A new terminal pair of `size`: (controlling side for the agent, the process's side).
+/// The terminal is opened with the user's filesystem identity, so devpts makes the user its
+/// owner, as a login would.
+fn open_pty(uid: u32, gid: u32, size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let os = std::io::Error::last_os_error;
+    let controller = as_user(uid, gid, || {
+        // SAFETY: open of a constant path.
+        let fd = unsafe {
+            libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        };
+        // SAFETY: a descriptor we just opened and own.
+        if fd < 0 { Err(os()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd) }) }
+    })?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: ioctls on our own terminal with valid arguments.
+    unsafe {
+        if libc::ioctl(controller.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(os());
+        }
+    }
+    set_window_size(&controller, size)?;
+    // SAFETY: as above; TIOCGPTPEER returns a new descriptor of the other side.
+    let user = unsafe {
+        libc::ioctl(
+            controller.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if user < 0 {
+        return Err(os());
+    }
+    // SAFETY: the new descriptor is ours.
+    Ok((controller, unsafe { OwnedFd::from_raw_fd(user) }))
+}
+
+fn set_window_size(terminal: &OwnedFd, size: PtySize) -> std::io::Result<()> {
+    let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize we own.
+    if unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Opens a regular file without following a final symlink and without blocking (a FIFO

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use faas_agent::protocol::{self, Confine, Event, Request, Stream};
+use faas_agent::protocol::{self, Confine, Event, PtySize, Request, Stream};
 
 struct Agent {
     child: Child,
@@ -193,6 +193,7 @@ fn processes_take_signals_and_report_how_they_ended() {
             confine: confine("/tmp"),
             timeout_ms: None,
             stdin: false,
+            pty: None,
         },
         &[],
     );
@@ -223,6 +224,7 @@ fn processes_take_signals_and_report_how_they_ended() {
             confine: confine("/tmp"),
             timeout_ms: None,
             stdin: false,
+            pty: None,
         },
         &[],
     );
@@ -240,6 +242,7 @@ fn processes_take_signals_and_report_how_they_ended() {
             confine: confine("/tmp"),
             timeout_ms: Some(5000),
             stdin: false,
+            pty: None,
         },
         &[],
     );
@@ -307,4 +310,52 @@ fn file_requests_never_act_with_root_powers() {
         (1 << 5) | (1 << 6) | (1 << 7),
         "CapEff {eff}"
     );
+}
+
+#[test]
+fn a_process_can_run_on_a_terminal_that_resizes() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let mut agent = Agent::start();
+    let script = "tty; stty size; read line; stty size";
+    agent.send(
+        &Request::Exec {
+            id: 1,
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            confine: confine("/tmp"),
+            timeout_ms: Some(10_000),
+            stdin: true,
+            pty: Some(PtySize { rows: 40, cols: 100 }),
+        },
+        &[],
+    );
+    assert!(matches!(agent.next().0, Event::Started { id: 1, .. }));
+    let mut out = String::new();
+    let mut resized = false;
+    let exit_code = loop {
+        match agent.next() {
+            (Event::Output { id: 1, stream }, data) => {
+                assert_eq!(stream, Stream::Stdout, "a terminal carries both streams");
+                out.push_str(&String::from_utf8_lossy(&data));
+                if !resized && out.contains("40 100") {
+                    resized = true;
+                    agent.send(
+                        &Request::Resize { id: 1, size: PtySize { rows: 30, cols: 120 } },
+                        &[],
+                    );
+                    agent.send(&Request::Stdin { id: 1, eof: false }, b"go\n");
+                }
+            }
+            (Event::Exit { id: 1, exit_code, .. }, _) => break exit_code,
+            _ => {}
+        }
+    };
+    assert_eq!(exit_code, Some(0), "{out}");
+    assert!(out.starts_with("/dev/pts/"), "{out}");
+    // Lines end in CR LF on a terminal; the typed line is echoed.
+    assert!(out.contains("40 100\r\n"), "{out}");
+    assert!(out.contains("go\r\n30 120\r\n"), "{out}");
 }

@@ -43,6 +43,9 @@ pub struct Confinement {
     pub max_open_files: u64,
     /// Create the workdir (as the user) when it is missing.
     pub create_workdir: bool,
+    /// Descriptor 0 is a terminal that becomes the process's controlling terminal: a new
+    /// session instead of a new process group (an interactive shell needs job control).
+    pub terminal: bool,
 }
 
 /// The highest capability number of this kernel.
@@ -105,9 +108,16 @@ pub fn confine(
 ) -> Result<(), Failure> {
     // SAFETY (whole block): plain syscalls on valid arguments.
     unsafe {
-        // A process group of its own, so a timeout can kill the program and its children.
-        // (Not setsid: a new session also costs a scheduler autogroup per process.)
-        check(libc::setpgid(0, 0), "setpgid")?;
+        if c.terminal {
+            // A session leader is also its process group's leader, so a kill of the group
+            // still reaches its children.
+            check(libc::setsid(), "setsid")?;
+            check(libc::ioctl(0, libc::TIOCSCTTY, 0), "controlling terminal")?;
+        } else {
+            // A process group of its own, so a timeout can kill the program and its
+            // children. (Not setsid: a new session also costs a scheduler autogroup.)
+            check(libc::setpgid(0, 0), "setpgid")?;
+        }
         libc::umask(0o022);
         let limits = [
             (libc::RLIMIT_NOFILE, c.max_open_files),

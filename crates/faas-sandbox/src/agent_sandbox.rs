@@ -125,6 +125,10 @@ impl AgentSandbox {
         &self.id
     }
 
+    pub(crate) fn agent(&self) -> Arc<AgentClient> {
+        Arc::clone(&self.agent)
+    }
+
     /// Whether the sandbox can still take work.
     pub fn is_alive(&self) -> bool {
         self.agent.is_connected() && !self.killed.load(std::sync::atomic::Ordering::Relaxed)
@@ -179,6 +183,7 @@ impl AgentSandbox {
             confine: req.confine,
             timeout_ms: Some(timeout_ms),
             stdin: has_stdin,
+            pty: None,
         };
         let started = Instant::now();
         self.agent.send(&exec, &[]).await?;

@@ -516,6 +516,7 @@ fn payload(ctx: &Context, spec: &LaunchSpec) -> ! {
         max_open_files: spec.max_open_files,
         // PID 1 made it before the payload existed.
         create_workdir: false,
+        terminal: false,
     };
     if let Err(f) = faas_confine::confine(Some(&ctx.filters), Some(ctx.last_cap), &confinement) {
         fail("payload", f);

@@ -17,13 +17,15 @@ pub mod cgroup;
 mod init;
 pub mod launcher;
 pub mod run;
+mod session;
 pub mod spec;
 
 pub use agent_sandbox::{AgentSandbox, ExecRequest};
 pub use cgroup::{CgroupError, CgroupRoot, CgroupVersion, Limits};
-pub use faas_agent::protocol::{Confine, Stream};
+pub use faas_agent::protocol::{Confine, PtySize, Stream};
 pub use launcher::{LaunchError, LauncherClient};
 pub use run::{OutputChunk, RunEnd, RunError, RunIo, RunOutcome, RunRequest, Sandboxes};
+pub use session::{Session, SessionEvent, SessionInput, SessionRequest};
 pub use spec::{AGENT_PATH, AgentSpec, BindMount, FileSpec, LaunchSpec};
 
 /// `SIGKILL` for 9, and so on; unknown numbers read `SIG<n>`.
