@@ -707,6 +707,8 @@ impl Agent {
         Ok((pid, ours))
     }
 
+    // One argument per field of `Request::Exec`.
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &mut self,
         id: u64,

@@ -385,7 +385,6 @@ while True:
 async fn ports_are_proxied_for_http_and_websockets() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     require_root!();
     let server = Server::start().await;
@@ -441,16 +440,10 @@ async fn ports_are_proxied_for_http_and_websockets() {
     );
 
     // WebSockets go through too.
-    let ws_url =
-        format!("{}/api/v1/instances/{id}/ports/9000/", server.url.replace("http://", "ws://"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut socket = loop {
-        let mut request = ws_url.clone().into_client_request().expect("request");
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => break socket,
+        match server.websocket(&format!("/api/v1/instances/{id}/ports/9000/"), ADMIN_KEY).await {
+            Ok(socket) => break socket,
             Err(e) => {
                 assert!(Instant::now() < deadline, "websocket: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -509,48 +502,32 @@ async fn a_slow_download_is_not_buffered_by_the_server() {
     assert_eq!(got, 200 << 20);
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_next(socket: &mut Socket) -> Value {
-    use futures_util::StreamExt;
-    match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("in time") {
-        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-            serde_json::from_str(&text).expect("json")
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn instance_exec_streams_over_websocket_and_sse() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     require_root!();
     let server = Server::start().await;
     let id = create(&server, ADMIN_KEY, json!({})).await;
     exec(&server, &id, "echo state > /home/user/s").await;
-    let url =
-        format!("{}/api/v1/instances/{id}/exec/stream", server.url.replace("http://", "ws://"));
-    let mut request = url.clone().into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket");
+    let path = format!("/api/v1/instances/{id}/exec/stream");
+    let mut socket = server.websocket(&path, ADMIN_KEY).await.expect("websocket");
     let req = json!({"command": "cat /home/user/s; read line; echo got $line; sleep 1; echo done"});
     socket.send(Message::Text(req.to_string().into())).await.expect("send");
-    assert_eq!(ws_next(&mut socket).await, json!({"type": "stdout", "data": "state\n"}));
+    assert_eq!(common::next_json(&mut socket).await, json!({"type": "stdout", "data": "state\n"}));
     socket
         .send(Message::Text(json!({"type": "stdin", "data": "hello\n"}).to_string().into()))
         .await
         .expect("stdin");
-    assert_eq!(ws_next(&mut socket).await, json!({"type": "stdout", "data": "got hello\n"}));
+    assert_eq!(
+        common::next_json(&mut socket).await,
+        json!({"type": "stdout", "data": "got hello\n"})
+    );
     let started = Instant::now();
-    let mut last = ws_next(&mut socket).await;
+    let mut last = common::next_json(&mut socket).await;
     while last["type"] != "exit" {
-        last = ws_next(&mut socket).await;
+        last = common::next_json(&mut socket).await;
     }
     assert!(started.elapsed() > Duration::from_millis(700), "output came only at the end");
     assert_eq!(last["mode"], "persistent");
@@ -573,4 +550,51 @@ async fn instance_exec_streams_over_websocket_and_sse() {
         .post(&format!("/api/v1/instances/{id}/exec/stream"), &bob, json!({"command": "true"}))
         .await;
     assert_eq!(other.status, 404);
+}
+
+#[tokio::test]
+async fn the_terminal_is_a_resizable_pty() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    let path = format!("/api/v1/instances/{id}/terminal?rows=40&cols=100");
+    let mut socket = server.websocket(&path, ADMIN_KEY).await.expect("websocket");
+    // Read the screen until `want` shows up; answers everything read so far.
+    async fn screen_until(socket: &mut common::Socket, screen: &mut String, want: &str) {
+        while !screen.contains(want) {
+            let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("{want:?} never came; screen: {screen}"));
+            match frame {
+                Some(Ok(Message::Binary(data))) => screen.push_str(&String::from_utf8_lossy(&data)),
+                Some(Ok(Message::Text(text))) => screen.push_str(&text),
+                other => panic!("terminal ended: {other:?}; screen: {screen}"),
+            }
+        }
+    }
+    let mut screen = String::new();
+    socket.send(Message::Binary(b"tty; stty size\r".to_vec().into())).await.expect("type");
+    screen_until(&mut socket, &mut screen, "40 100").await;
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    let resize = json!({"type": "resize", "rows": 30, "cols": 120}).to_string();
+    socket.send(Message::Text(resize.into())).await.expect("resize");
+    let typed = json!({"type": "input", "data": "stty size; echo $TERM; exit 3\r"}).to_string();
+    socket.send(Message::Text(typed.into())).await.expect("type");
+    screen_until(&mut socket, &mut screen, "\"type\":\"exit\"").await;
+    assert!(screen.contains("30 120"), "{screen}");
+    assert!(screen.contains("xterm-256color"), "{screen}");
+    assert!(screen.contains("\"exit_code\":3"), "{screen}");
+    // A bad size is refused before any upgrade; another tenant's instance is not there.
+    let bad = server.get(&format!("/api/v1/instances/{id}/terminal?rows=0"), ADMIN_KEY).await;
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    assert!(bad.body.to_string().contains("rows and cols"), "{:?}", bad.body);
+    let plain = server.get(&format!("/api/v1/instances/{id}/terminal"), ADMIN_KEY).await;
+    assert_eq!(plain.status, 422, "{:?}", plain.body);
+    assert!(plain.body.to_string().contains("WebSocket"), "{:?}", plain.body);
+    let other = server.tenant_key("other").await;
+    let err = server.websocket(&format!("/api/v1/instances/{id}/terminal"), &other).await;
+    assert!(err.is_err(), "another tenant opened the terminal");
 }

@@ -5,53 +5,26 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_KEY, Server};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::SinkExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &Server) -> Socket {
-    let url = server.url.replace("http://", "ws://") + "/api/v1/execute/stream";
-    let mut request = url.into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {ADMIN_KEY}").parse().expect("header"));
-    tokio_tungstenite::connect_async(request).await.expect("websocket").0
-}
-
-async fn next_event(socket: &mut Socket) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("event in time")
-        {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(&text).expect("json event");
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("stream ended: {other:?}"),
-        }
-    }
-}
 
 #[tokio::test]
 async fn output_arrives_before_the_program_ends() {
     require_root!();
     let server = Server::start().await;
     for mode in ["ephemeral", "cached"] {
-        let mut socket = connect(&server).await;
+        let mut socket =
+            server.websocket("/api/v1/execute/stream", ADMIN_KEY).await.expect("websocket");
         let code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second')";
         let req = json!({"code": code, "language": "python", "mode": mode});
         socket.send(Message::Text(req.to_string().into())).await.expect("send");
-        let first = next_event(&mut socket).await;
+        let first = common::next_json(&mut socket).await;
         let first_at = Instant::now();
         assert_eq!(first, json!({"type": "stdout", "data": "first\n"}), "{mode}");
-        let mut last = next_event(&mut socket).await;
+        let mut last = common::next_json(&mut socket).await;
         while last["type"] != "exit" {
-            last = next_event(&mut socket).await;
+            last = common::next_json(&mut socket).await;
         }
         assert!(
             first_at.elapsed() > Duration::from_millis(700),
@@ -67,7 +40,8 @@ async fn stdin_sent_over_the_socket_reaches_the_program() {
     require_root!();
     let server = Server::start().await;
     for mode in ["ephemeral", "cached"] {
-        let mut socket = connect(&server).await;
+        let mut socket =
+            server.websocket("/api/v1/execute/stream", ADMIN_KEY).await.expect("websocket");
         let req = json!({"code": "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)", "language": "python", "mode": mode});
         socket.send(Message::Text(req.to_string().into())).await.expect("send");
         socket
@@ -75,7 +49,7 @@ async fn stdin_sent_over_the_socket_reaches_the_program() {
             .await
             .expect("stdin");
         assert_eq!(
-            next_event(&mut socket).await,
+            common::next_json(&mut socket).await,
             json!({"type": "stdout", "data": "HELLO\n"}),
             "{mode}"
         );
@@ -83,12 +57,15 @@ async fn stdin_sent_over_the_socket_reaches_the_program() {
             .send(Message::Text(json!({"type": "stdin", "data": "again\n"}).to_string().into()))
             .await
             .expect("stdin");
-        assert_eq!(next_event(&mut socket).await, json!({"type": "stdout", "data": "AGAIN\n"}));
+        assert_eq!(
+            common::next_json(&mut socket).await,
+            json!({"type": "stdout", "data": "AGAIN\n"})
+        );
         socket
             .send(Message::Text(json!({"type": "close_stdin"}).to_string().into()))
             .await
             .expect("eof");
-        let exit = next_event(&mut socket).await;
+        let exit = common::next_json(&mut socket).await;
         assert_eq!(exit["type"], "exit", "{exit}");
         assert_eq!(exit["exit_code"], 0);
     }
@@ -99,10 +76,11 @@ async fn closing_the_socket_kills_the_run() {
     require_root!();
     let server = Server::start().await;
     for (mode, marker) in [("ephemeral", "sleep 4311"), ("cached", "sleep 4312")] {
-        let mut socket = connect(&server).await;
+        let mut socket =
+            server.websocket("/api/v1/execute/stream", ADMIN_KEY).await.expect("websocket");
         let req = json!({"command": format!("echo started; {marker}"), "mode": mode});
         socket.send(Message::Text(req.to_string().into())).await.expect("send");
-        assert_eq!(next_event(&mut socket).await["data"], "started\n");
+        assert_eq!(common::next_json(&mut socket).await["data"], "started\n");
         assert!(common::host_processes_with(marker) >= 1);
         drop(socket);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -147,9 +125,10 @@ async fn server_sent_events_stream_too() {
 async fn a_bad_first_message_gets_an_error_event() {
     require_root!();
     let server = Server::start().await;
-    let mut socket = connect(&server).await;
+    let mut socket =
+        server.websocket("/api/v1/execute/stream", ADMIN_KEY).await.expect("websocket");
     socket.send(Message::Text("{\"nope\": 1}".into())).await.expect("send");
-    let event = next_event(&mut socket).await;
+    let event = common::next_json(&mut socket).await;
     assert_eq!(event["type"], "error");
     assert_eq!(event["error"]["code"], "invalid_request");
 }

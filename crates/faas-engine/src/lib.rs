@@ -24,7 +24,7 @@ pub use config::Config;
 pub use error::EngineError;
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
-pub use instances::{FileRead, Following, InstanceExecAnswer};
+pub use instances::{FileRead, Following, InstanceExecAnswer, InstanceSession, SessionSpec};
 use pool::{PoolKey, Pools};
 
 /// A tenant as the engine knows it: every record belongs to one.

@@ -299,3 +299,38 @@ pub fn host_processes_with(marker: &str) -> usize {
     }
     n
 }
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Server {
+    /// Opens a WebSocket to `path` (which may carry a query) with `key`.
+    pub async fn websocket(
+        &self,
+        path: &str,
+        key: &str,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.url.replace("http://", "ws://") + path;
+        let mut request = url.into_client_request()?;
+        let auth = format!("Bearer {key}").parse().expect("header value");
+        request.headers_mut().insert("authorization", auth);
+        Ok(tokio_tungstenite::connect_async(request).await?.0)
+    }
+}
+
+/// The next text message of a socket, as JSON (other messages are skipped).
+pub async fn next_json(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("event in time")
+        {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).expect("json"),
+            Some(Ok(_)) => continue,
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+}

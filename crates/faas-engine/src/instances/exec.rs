@@ -93,7 +93,7 @@ impl Engine {
         Ok(process.info())
     }
 
-    fn plan_instance_exec(
+    pub(super) fn plan_instance_exec(
         &self,
         live: &Live,
         req: InstanceExecRequest,

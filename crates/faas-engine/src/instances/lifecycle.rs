@@ -106,6 +106,7 @@ impl Engine {
             sandbox: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             processes: Default::default(),
+            attached: Default::default(),
         });
         self.instances.lock().insert(record.id.clone(), Arc::clone(&live));
         let _guard = live.lifecycle.lock().await;

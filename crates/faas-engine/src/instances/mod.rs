@@ -9,6 +9,7 @@ mod exec;
 mod files;
 mod lifecycle;
 mod processes;
+mod session;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use crate::{Engine, EngineError, Tenant};
 pub use exec::InstanceExecAnswer;
 pub use files::FileRead;
 pub use processes::Following;
+pub use session::{InstanceSession, SessionSpec};
 
 /// An instance the server knows, with its sandbox while it runs.
 pub(crate) struct Live {
@@ -32,6 +34,9 @@ pub(crate) struct Live {
     /// Serialises create, start, stop and delete of this instance.
     lifecycle: tokio::sync::Mutex<()>,
     processes: processes::Processes,
+    /// Open interactive sessions (terminals, SSH channels): while any is, the instance is
+    /// in use, not idle.
+    attached: std::sync::atomic::AtomicUsize,
 }
 
 impl Live {
@@ -153,6 +158,7 @@ impl Engine {
                 sandbox: Mutex::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
                 processes: Default::default(),
+                attached: Default::default(),
             };
             self.instances.lock().insert(record.id.clone(), Arc::new(live));
         }
@@ -170,6 +176,7 @@ impl Engine {
                 let r = live.record();
                 let ttl_due = r.ttl_seconds.is_some_and(|ttl| now >= r.created_at_ms + ttl * 1000);
                 let idle_due = r.status == InstanceStatus::Running
+                    && live.attached.load(std::sync::atomic::Ordering::Relaxed) == 0
                     && r.idle_timeout_seconds
                         .is_some_and(|idle| now >= r.last_activity_ms + idle * 1000);
                 let actionable = match r.on_timeout {

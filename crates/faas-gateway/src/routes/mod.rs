@@ -8,6 +8,7 @@ mod keys;
 mod pools;
 mod ports;
 mod stream;
+mod terminal;
 
 use axum::Router;
 use axum::routing::{any, delete, get, post};
@@ -37,6 +38,7 @@ pub(crate) fn routes() -> Router<AppState> {
             get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
+        .route("/api/v1/instances/{id}/terminal", get(terminal::terminal))
         .route("/api/v1/instances/{id}/ports/{port}", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/{*rest}", any(ports::proxy))
