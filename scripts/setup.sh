@@ -19,7 +19,8 @@ PACKAGES=(
   ca-certificates
   pkg-config
   build-essential # gcc, make
-  openssh-client
+  openssh-client  # ssh, scp, sftp: the SSH server's tests
+  openssh-sftp-server # sftp-server, run inside instances for sftp and scp
   procps          # ps, used by tests inside sandboxes
   python3         # the host image's python (/usr/bin/python3)
   nodejs          # the host image's node

@@ -452,6 +452,42 @@ pub struct FileList {
     pub entries: Vec<FileEntry>,
 }
 
+/// `GET /api/v1/instances/{id}/ssh`: how to log in, with a key pair issued just now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshAccess {
+    pub host: String,
+    pub port: u16,
+    /// The instance id: the key opens this instance only.
+    pub user: String,
+    /// The key's id, to revoke it alone.
+    pub key_id: String,
+    /// OpenSSH private key; shown once, never stored by the server.
+    pub private_key: String,
+    pub public_key: String,
+    /// `SHA256:...` of the server's host key, to check on first connection.
+    pub host_key_fingerprint: String,
+    /// A ready command line, the private key saved as `instance_key`.
+    pub command: String,
+}
+
+/// `POST /api/v1/instances/{id}/public-ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposePortRequest {
+    pub port: u16,
+}
+
+/// A port reachable without an API key, at `url` (the token is part of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicPort {
+    pub port: u16,
+    /// Given only when the port is exposed; the server keeps only its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at_ms: u64,
+}
+
 /// A background process of an instance (`exec` with `background: true`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {

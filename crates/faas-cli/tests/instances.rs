@@ -216,6 +216,14 @@ async fn another_tenant_gets_404_on_every_route() {
         (Method::PUT, format!("{base}/files?path=/tmp/x"), Some("x")),
         (Method::DELETE, format!("{base}/files?path=/tmp/x"), None),
         (Method::GET, format!("{base}/files/list?path=/"), None),
+        (Method::GET, format!("{base}/processes"), None),
+        (Method::GET, format!("{base}/ports/8000/"), None),
+        (Method::GET, format!("{base}/ssh"), None),
+        (Method::DELETE, format!("{base}/ssh"), None),
+        (Method::DELETE, format!("{base}/ssh/keys/cred_x"), None),
+        (Method::POST, format!("{base}/public-ports"), Some("{\"port\":8000}")),
+        (Method::GET, format!("{base}/public-ports"), None),
+        (Method::DELETE, format!("{base}/public-ports/8000"), None),
         (Method::DELETE, base.clone(), None),
     ] {
         let r = server.request(method.clone(), &path, Some(&bob), body.map(str::to_owned)).await;

@@ -28,6 +28,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pools: PoolConfig,
     pub instances: InstanceConfig,
+    pub ssh: SshConfig,
+}
+
+/// The built-in SSH server (logins into instances).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The host name clients are told to connect to; default: the one the API was reached
+    /// at.
+    pub public_host: Option<String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 2222)), public_host: None }
+    }
 }
 
 /// Persistent instances.
@@ -127,6 +145,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             pools: PoolConfig::default(),
             instances: InstanceConfig::default(),
+            ssh: SshConfig::default(),
         }
     }
 }

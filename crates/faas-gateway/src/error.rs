@@ -36,6 +36,8 @@ pub enum ApiError {
     Engine(#[from] EngineError),
     #[error("store failure")]
     Store(#[from] faas_store::StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -69,7 +71,9 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ pub use error::ApiError;
 pub(crate) struct AppState {
     engine: Arc<Engine>,
     keys: Arc<auth::KeyCache>,
+    /// The built-in SSH server, when enabled.
+    ssh: Option<routes::SshEndpoint>,
 }
 
 #[derive(Debug, Error)]
@@ -39,6 +41,12 @@ pub enum ServeError {
     },
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    #[error("the SSH host key {path}")]
+    HostKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Starts the engine and serves the API until SIGINT or SIGTERM. `admin_key` is the
@@ -46,10 +54,17 @@ pub enum ServeError {
 pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), ServeError> {
     let listen = config.listen;
     let body_limit = config.max_request_bytes;
+    let ssh_config = config.ssh.clone();
+    let host_key_path = config.data_dir.join("ssh_host_ed25519_key");
     let engine = Engine::start(config).await?;
     auth::bootstrap_admin(&engine, admin_key).await?;
+    let ssh = match ssh_config.enabled {
+        true => Some(start_ssh(&engine, &ssh_config, &host_key_path).await?),
+        false => None,
+    };
 
-    let app = router(AppState { engine: Arc::clone(&engine), keys: Arc::default() }, body_limit);
+    let state = AppState { engine: Arc::clone(&engine), keys: Arc::default(), ssh };
+    let app = router(state, body_limit);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind { addr: listen, source })?;
@@ -66,6 +81,29 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
         })
         .await
         .map_err(ServeError::Serve)
+}
+
+/// Binds the SSH server and serves it on a task of its own.
+async fn start_ssh(
+    engine: &Arc<Engine>,
+    config: &faas_engine::config::SshConfig,
+    host_key_path: &std::path::Path,
+) -> Result<routes::SshEndpoint, ServeError> {
+    let host_key = faas_ssh::load_or_create_host_key(host_key_path)
+        .map_err(|source| ServeError::HostKey { path: host_key_path.to_owned(), source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    println!("faas ssh on {local}");
+    tracing::info!(%local, "ssh listening");
+    let endpoint = routes::SshEndpoint {
+        port: local.port(),
+        public_host: config.public_host.clone(),
+        host_key_fingerprint: faas_ssh::fingerprint_of(host_key.public_key()),
+    };
+    tokio::spawn(faas_ssh::serve(Arc::clone(engine), listener, host_key));
+    Ok(endpoint)
 }
 
 fn router(state: AppState, body_limit: usize) -> Router {

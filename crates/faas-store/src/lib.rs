@@ -1,4 +1,4 @@
-//! Durable state: API keys and execution records. [`Store`] is what the engine and the
+//! Durable state: API keys, execution records, instances and their credentials. [`Store`] is what the engine and the
 //! gateway see; [`SqliteStore`] is the embedded default. A PostgreSQL implementation for
 //! clusters joins behind the same trait.
 
@@ -40,6 +40,37 @@ pub struct KeyRecord {
     pub revoked: bool,
 }
 
+/// What an instance credential opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An SSH public key; `hash` is its SHA-256 fingerprint.
+    SshKey,
+    /// A public URL for one port; `hash` is the token's SHA-256.
+    PortToken,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::SshKey => "ssh_key",
+            CredentialKind::PortToken => "port_token",
+        }
+    }
+}
+
+/// A secret that opens one instance (and, for a port token, one port of it) without an
+/// API key. Only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub id: String,
+    pub tenant: String,
+    pub instance_id: String,
+    pub kind: CredentialKind,
+    pub port: Option<u16>,
+    pub hash: String,
+    pub created_at_ms: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn insert_key(&self, key: KeyRecord) -> Result<()>;
@@ -67,4 +98,25 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, tenant: &str) -> Result<Vec<Instance>>;
     /// Every tenant's instances that are not deleted, with their tenant (start-up).
     async fn live_instances(&self) -> Result<Vec<(String, Instance)>>;
+
+    async fn insert_credential(&self, credential: Credential) -> Result<()>;
+    /// The credential with this hash, unless revoked.
+    async fn credential_by_hash(&self, hash: &str) -> Result<Option<Credential>>;
+    /// An instance's credentials of one kind that are not revoked, oldest first.
+    async fn credentials(
+        &self,
+        tenant: &str,
+        instance_id: &str,
+        kind: CredentialKind,
+    ) -> Result<Vec<Credential>>;
+    /// Revokes an instance's credentials: of one kind, or all with `None`; with `port` only
+    /// those for that port, with `id` only that one. Returns how many.
+    async fn revoke_credentials(
+        &self,
+        tenant: &str,
+        instance_id: &str,
+        kind: Option<CredentialKind>,
+        port: Option<u16>,
+        id: Option<&str>,
+    ) -> Result<u64>;
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use faas_api::{ExecStatus, ExecutionResult, Instance, Role};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{KeyRecord, Result, Store, StoreError};
+use crate::{Credential, CredentialKind, KeyRecord, Result, Store, StoreError};
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
 /// Never edit one that has shipped: add a new one.
@@ -42,6 +42,18 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL
     );
     CREATE INDEX instances_tenant ON instances(tenant, created_at_ms);",
+    // 3: credentials scoped to one instance (SSH keys, public port tokens).
+    "CREATE TABLE instance_credentials (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        port INTEGER,
+        hash TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    );
+    CREATE INDEX instance_credentials_instance ON instance_credentials(instance_id, kind);",
 ];
 
 #[derive(Clone)]
@@ -119,6 +131,31 @@ fn encode(record: &ExecutionResult) -> String {
     serde_json::to_string(record).unwrap_or_default()
 }
 
+const CREDENTIAL_COLUMNS: &str = "id, tenant, instance_id, kind, port, hash, created_at_ms";
+
+fn credential_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Credential> {
+    let kind = match row.get::<_, String>(3)?.as_str() {
+        "ssh_key" => CredentialKind::SshKey,
+        _ => CredentialKind::PortToken,
+    };
+    Ok(Credential {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        instance_id: row.get(2)?,
+        kind,
+        port: row.get::<_, Option<i64>>(4)?.map(|p| p as u16),
+        hash: row.get(5)?,
+        created_at_ms: row.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn decode_instance(id: &str, json: &str) -> Result<Instance> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
 }
@@ -177,6 +214,83 @@ impl Store for SqliteStore {
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             rows.iter().map(|(t, id, json)| Ok((t.clone(), decode_instance(id, json)?))).collect()
+        })
+        .await
+    }
+
+    async fn insert_credential(&self, cred: Credential) -> Result<()> {
+        self.with(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO instance_credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))?
+            .execute(params![
+                cred.id,
+                cred.tenant,
+                cred.instance_id,
+                cred.kind.as_str(),
+                cred.port.map(i64::from),
+                cred.hash,
+                cred.created_at_ms as i64
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn credential_by_hash(&self, hash: &str) -> Result<Option<Credential>> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM instance_credentials WHERE hash = ?1 AND revoked_at_ms IS NULL"
+            ))?
+            .query_row([hash], credential_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn credentials(
+        &self,
+        tenant: &str,
+        instance_id: &str,
+        kind: CredentialKind,
+    ) -> Result<Vec<Credential>> {
+        let (tenant, instance_id) = (tenant.to_owned(), instance_id.to_owned());
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM instance_credentials
+                 WHERE tenant = ?1 AND instance_id = ?2 AND kind = ?3 AND revoked_at_ms IS NULL
+                 ORDER BY created_at_ms, id"
+            ))?;
+            let rows = stmt
+                .query_map(params![tenant, instance_id, kind.as_str()], credential_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_credentials(
+        &self,
+        tenant: &str,
+        instance_id: &str,
+        kind: Option<CredentialKind>,
+        port: Option<u16>,
+        id: Option<&str>,
+    ) -> Result<u64> {
+        let (tenant, instance_id) = (tenant.to_owned(), instance_id.to_owned());
+        let (kind, port, id) =
+            (kind.map(CredentialKind::as_str), port.map(i64::from), id.map(str::to_owned));
+        self.with(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE instance_credentials SET revoked_at_ms = ?6
+                     WHERE tenant = ?1 AND instance_id = ?2 AND revoked_at_ms IS NULL
+                       AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR port = ?4)
+                       AND (?5 IS NULL OR id = ?5)",
+                )?
+                .execute(params![tenant, instance_id, kind, port, id, now_ms()])?;
+            Ok(n as u64)
         })
         .await
     }
@@ -394,6 +508,58 @@ mod tests {
         assert!(store.revoke_key("k1", Some("a")).await.expect("revoke"));
         assert!(store.key_by_hash("h1").await.expect("query").expect("present").revoked);
         assert!(!store.has_admin_key().await.expect("query"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn credentials_are_scoped_and_revocable() {
+        let (dir, store) = temp_db();
+        let cred = |id: &str, kind, port| Credential {
+            id: id.into(),
+            tenant: "a".into(),
+            instance_id: "in_1".into(),
+            kind,
+            port,
+            hash: format!("hash-{id}"),
+            created_at_ms: 1,
+        };
+        store.insert_credential(cred("c1", CredentialKind::SshKey, None)).await.expect("insert");
+        store
+            .insert_credential(cred("c2", CredentialKind::PortToken, Some(80)))
+            .await
+            .expect("insert");
+        store
+            .insert_credential(cred("c3", CredentialKind::PortToken, Some(81)))
+            .await
+            .expect("insert");
+        let found = store.credential_by_hash("hash-c2").await.expect("query").expect("present");
+        assert_eq!(found, cred("c2", CredentialKind::PortToken, Some(80)));
+        let ports = store.credentials("a", "in_1", CredentialKind::PortToken).await.expect("list");
+        assert_eq!(ports.len(), 2);
+        assert!(
+            store.credentials("b", "in_1", CredentialKind::SshKey).await.expect("list").is_empty()
+        );
+        // Another tenant revokes nothing; one port's revocation leaves the rest.
+        assert_eq!(
+            store.revoke_credentials("b", "in_1", None, None, None).await.expect("revoke"),
+            0
+        );
+        let kind = Some(CredentialKind::PortToken);
+        assert_eq!(
+            store.revoke_credentials("a", "in_1", kind, Some(80), None).await.expect("revoke"),
+            1
+        );
+        assert!(store.credential_by_hash("hash-c2").await.expect("query").is_none());
+        assert!(store.credential_by_hash("hash-c3").await.expect("query").is_some());
+        assert_eq!(
+            store.revoke_credentials("a", "in_1", None, None, Some("c3")).await.expect("revoke"),
+            1
+        );
+        assert_eq!(
+            store.revoke_credentials("a", "in_1", None, None, None).await.expect("revoke"),
+            1
+        );
+        assert!(store.credential_by_hash("hash-c1").await.expect("query").is_none());
         std::fs::remove_dir_all(dir).ok();
     }
 

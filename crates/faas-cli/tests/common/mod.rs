@@ -69,7 +69,7 @@ impl Server {
             .map(|p| format!("agent_path = \"{p}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}\"\nrun_dir = \"{r}\"\ncgroup_parent = \"{name}\"\n{agent}{top}\n{tables}\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}\"\nrun_dir = \"{r}\"\ncgroup_parent = \"{name}\"\n{agent}{top}\n{tables}\n[ssh]\nlisten = \"127.0.0.1:0\"\n",
             d = base.join("data").display(),
             r = base.join("run").display(),
         );

@@ -255,6 +255,8 @@ impl Engine {
         }
         self.transition(&live, InstanceStatus::Deleted, None).await?;
         self.instances.lock().remove(id);
+        // Its SSH keys and public port tokens die with it.
+        self.store.revoke_credentials(&tenant.0, id, None, None, None).await?;
         if let Err(e) = tokio::fs::remove_dir_all(self.instance_dir(id)).await
             && e.kind() != std::io::ErrorKind::NotFound
         {

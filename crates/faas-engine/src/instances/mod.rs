@@ -5,6 +5,7 @@
 //! large as its `disk_mb` (the quota), mounted inside the sandbox's own mount namespace.
 //! The store holds each instance's record; this registry holds the live sandbox.
 
+mod access;
 mod exec;
 mod files;
 mod lifecycle;

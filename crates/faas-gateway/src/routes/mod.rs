@@ -1,5 +1,6 @@
 //! Routes, one file per resource.
 
+mod access;
 mod contexts;
 mod execute;
 mod health;
@@ -14,6 +15,8 @@ use axum::Router;
 use axum::routing::{any, delete, get, post};
 
 use crate::AppState;
+
+pub(crate) use access::SshEndpoint;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -39,6 +42,16 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
         .route("/api/v1/instances/{id}/terminal", get(terminal::terminal))
+        .route("/api/v1/instances/{id}/ssh", get(access::issue_ssh).delete(access::revoke_ssh))
+        .route("/api/v1/instances/{id}/ssh/keys/{key_id}", delete(access::revoke_ssh_key))
+        .route(
+            "/api/v1/instances/{id}/public-ports",
+            post(access::expose_port).get(access::public_ports),
+        )
+        .route("/api/v1/instances/{id}/public-ports/{port}", delete(access::close_port))
+        .route("/p/{token}", any(ports::public_root))
+        .route("/p/{token}/", any(ports::public_root))
+        .route("/p/{token}/{*rest}", any(ports::public_proxy))
         .route("/api/v1/instances/{id}/ports/{port}", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/{*rest}", any(ports::proxy))

@@ -1,12 +1,16 @@
 //! The port proxy: any HTTP request (WebSocket upgrades included) to
 //! `/api/v1/instances/{id}/ports/{port}/{path}` goes to `port` on the instance's loopback,
-//! through its agent, as `/{path}`. The caller's API key is not passed on.
+//! through its agent, as `/{path}`. The caller's API key is not passed on. A port exposed
+//! publicly is also reached at `/p/{token}/{path}` without a key.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+
+use faas_engine::{Engine, EngineError, Tenant};
+use faas_store::CredentialKind;
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -16,34 +20,70 @@ use crate::error::ApiError;
 const DROPPED: [&str; 3] = ["authorization", "x-api-key", "host"];
 
 pub async fn proxy_root(
-    state: State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
     Path((id, port)): Path<(String, u16)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    forward(state, caller, id, port, String::new(), req).await
+    forward(&state.engine, &caller.tenant, &id, port, "", req).await
 }
 
 pub async fn proxy(
-    state: State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
     Path((id, port, rest)): Path<(String, u16, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    forward(state, caller, id, port, rest, req).await
+    forward(&state.engine, &caller.tenant, &id, port, &rest, req).await
+}
+
+/// `/p/{token}/{path}`: a port exposed publicly, without an API key (see routes::access).
+pub async fn public_root(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    public(&state.engine, &token, "", req).await
+}
+
+pub async fn public_proxy(
+    State(state): State<AppState>,
+    Path((token, rest)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    public(&state.engine, &token, &rest, req).await
+}
+
+async fn public(
+    engine: &Engine,
+    token: &str,
+    rest: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let hash = crate::auth::hash_key(token);
+    let credential = engine.credential(&hash, CredentialKind::PortToken).await?;
+    let Some(credential) = credential else {
+        return Err(ApiError::Engine(EngineError::NotFound {
+            kind: "public port",
+            id: "(this token)".into(),
+        }));
+    };
+    let tenant = Tenant(credential.tenant);
+    let port = credential.port.unwrap_or_default();
+    forward(engine, &tenant, &credential.instance_id, port, rest, req).await
 }
 
 async fn forward(
-    State(state): State<AppState>,
-    caller: Caller,
-    id: String,
+    engine: &Engine,
+    tenant: &Tenant,
+    id: &str,
     port: u16,
-    rest: String,
+    rest: &str,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let stream = state.engine.instance_connect(&caller.tenant, &id, port).await?;
+    let stream = engine.instance_connect(tenant, id, port).await?;
     let bad_gateway = |what: &str, e: &dyn std::fmt::Display| {
-        ApiError::Engine(faas_engine::EngineError::BadGateway {
+        ApiError::Engine(EngineError::BadGateway {
             message: format!("port {port} of instance {id}: {what}: {e}"),
         })
     };
