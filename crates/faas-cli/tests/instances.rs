@@ -606,3 +606,96 @@ async fn the_terminal_is_a_resizable_pty() {
     let err = server.websocket(&format!("/api/v1/instances/{id}/terminal"), &other).await;
     assert!(err.is_err(), "another tenant opened the terminal");
 }
+
+/// Runs a host shell command and returns its stdout (test scaffolding around `tar`).
+fn host_sh(script: &str) -> Vec<u8> {
+    let out = std::process::Command::new("sh").args(["-c", script]).output().expect("sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[tokio::test]
+async fn trees_move_in_and_out_as_tar_streams() {
+    require_root!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY, json!({})).await;
+    let base = format!("{}/api/v1/instances/{id}/files/archive", server.url);
+    let http = reqwest::Client::new();
+    let made = exec(
+        &server,
+        &id,
+        "mkdir -p /home/user/proj/sub && echo alpha > /home/user/proj/a.txt && head -c 1000000 /dev/urandom > /home/user/proj/sub/b.bin && ln -s a.txt /home/user/proj/link && sha256sum /home/user/proj/sub/b.bin | cut -d' ' -f1",
+    )
+    .await;
+    let digest = made["stdout"].as_str().expect("stdout").trim().to_owned();
+
+    // Out: a tar the host's tar reads, with the file, the binary and the symlink intact.
+    let resp = http
+        .get(format!("{base}?path=/home/user/proj"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-tar");
+    let archive = resp.bytes().await.expect("body");
+    let dir = server.data_dir.join("untarred");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("x.tar"), &archive).expect("write");
+    let d = dir.display();
+    host_sh(&format!("cd {d} && mkdir out && tar -xf x.tar -C out"));
+    assert_eq!(std::fs::read_to_string(dir.join("out/a.txt")).expect("a"), "alpha\n");
+    assert_eq!(std::fs::read_link(dir.join("out/link")).expect("link").to_str(), Some("a.txt"));
+    let host_digest = host_sh(&format!("sha256sum {d}/out/sub/b.bin | cut -d' ' -f1"));
+    assert_eq!(String::from_utf8_lossy(&host_digest).trim(), digest);
+
+    // In: the same archive lands in a new directory, owned by the instance's user.
+    let resp = http
+        .put(format!("{base}?path=/home/user/copy/deeper"))
+        .bearer_auth(ADMIN_KEY)
+        .body(archive.to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    let check = exec(
+        &server,
+        &id,
+        "cd /home/user/copy/deeper && cat a.txt && readlink link && stat -c %U sub/b.bin && sha256sum sub/b.bin | cut -d' ' -f1",
+    )
+    .await;
+    assert_eq!(check["stdout"], format!("alpha\na.txt\nuser\n{digest}\n"), "{check}");
+
+    // A member that climbs out with `..` is refused by tar and lands nowhere.
+    host_sh(&format!(
+        "cd {d} && python3 -c \"import tarfile,io\nt=tarfile.open('evil.tar','w')\nfor name in ['../../../../tmp/evil-faas','ok.txt']:\n  i=tarfile.TarInfo(name); i.size=3; t.addfile(i,io.BytesIO(b'hi\\\\n'))\nt.close()\""
+    ));
+    let evil = std::fs::read(dir.join("evil.tar")).expect("evil");
+    let resp = http
+        .put(format!("{base}?path=/home/user/in"))
+        .bearer_auth(ADMIN_KEY)
+        .body(evil)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 422);
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("Member name contains"), "{body}");
+    let check =
+        exec(&server, &id, "ls /home/user/in; test -e /tmp/evil-faas && echo ESCAPED").await;
+    assert_eq!(check["stdout"], "ok.txt\n");
+    assert!(!std::path::Path::new("/tmp/evil-faas").exists());
+
+    // A path that is not there is a 404 before any byte; garbage is refused.
+    let resp =
+        http.get(format!("{base}?path=/nope")).bearer_auth(ADMIN_KEY).send().await.expect("get");
+    assert_eq!(resp.status(), 404);
+    let resp = http
+        .put(format!("{base}?path=/home/user/junk"))
+        .bearer_auth(ADMIN_KEY)
+        .body(vec![7u8; 5000])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 422);
+}

@@ -18,7 +18,7 @@ pub struct FileRead {
     pub rest: mpsc::Receiver<Vec<u8>>,
 }
 
-fn check_path(path: &str) -> Result<(), EngineError> {
+pub(super) fn check_path(path: &str) -> Result<(), EngineError> {
     if !path.starts_with('/') || path.len() > MAX_PATH || path.contains('\0') {
         return Err(invalid("path", "must be an absolute path inside the instance"));
     }

@@ -6,6 +6,7 @@
 //! The store holds each instance's record; this registry holds the live sandbox.
 
 mod access;
+mod archive;
 mod exec;
 mod files;
 mod lifecycle;

@@ -14,7 +14,7 @@ use faas_api::{
     CreateInstanceRequest, FileList, Instance, InstanceExecRequest, InstanceList, InstanceStatus,
     KillRequest, ProcessInfo, ProcessList,
 };
-use faas_engine::{InstanceExecAnswer, Streams};
+use faas_engine::{FileRead, InstanceExecAnswer, Streams};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -228,6 +228,22 @@ pub async fn read_file(
     ApiQuery(query): ApiQuery<PathQuery>,
 ) -> Result<Response, ApiError> {
     let read = state.engine.read_instance_file(&caller.tenant, &id, &query.path).await?;
+    Ok(stream_body(read, "application/octet-stream"))
+}
+
+/// `GET .../files/archive?path=`: the tree at `path` as a tar stream.
+pub async fn read_archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+) -> Result<Response, ApiError> {
+    let read = state.engine.read_instance_archive(&caller.tenant, &id, &query.path).await?;
+    Ok(stream_body(read, "application/x-tar"))
+}
+
+/// A response whose body is a read's chunks as they come.
+fn stream_body(read: FileRead, content_type: &'static str) -> Response {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         let mut rest = read.rest;
@@ -242,14 +258,32 @@ pub async fn read_file(
             }
         }
     });
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(Chunks(rx)))
-        .into_response())
+    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(Chunks(rx))).into_response()
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct Written {
     path: String,
-    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+/// Sends the body's chunks to `tx`, refusing bodies over the upload limit (413).
+async fn feed_body(body: Body, limit: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<(), ApiError> {
+    use futures_util_shim::next_chunk;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = next_chunk(&mut stream).await {
+        let chunk = chunk.map_err(|_| ApiError::Body)?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::TooLarge);
+        }
+        // Once the write has failed (a full disk, say), the rest of the body is read and
+        // dropped, so the client gets the answer instead of a broken pipe.
+        let _ = tx.send(chunk.to_vec()).await;
+    }
+    Ok(())
 }
 
 /// Streams the body into the file, refusing bodies over the upload limit (413).
@@ -262,26 +296,27 @@ pub async fn write_file(
 ) -> Result<Json<Written>, ApiError> {
     let limit = state.engine.config().instances.max_upload_mb << 20;
     let (tx, rx) = mpsc::channel(8);
-    let feed = async move {
-        use futures_util_shim::next_chunk;
-        let mut stream = body.into_data_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = next_chunk(&mut stream).await {
-            let chunk = chunk.map_err(|_| ApiError::Body)?;
-            total += chunk.len() as u64;
-            if total > limit {
-                return Err(ApiError::TooLarge);
-            }
-            // Once the write has failed (a full disk, say), the rest of the body is read and
-            // dropped, so the client gets the answer instead of a broken pipe.
-            let _ = tx.send(chunk.to_vec()).await;
-        }
-        Ok(())
-    };
     let write = state.engine.write_instance_file(&caller.tenant, &id, &query.path, rx);
-    let (fed, written) = tokio::join!(feed, write);
+    let (fed, written) = tokio::join!(feed_body(body, limit, tx), write);
     fed?;
-    Ok(Json(Written { path: query.path, size: written? }))
+    Ok(Json(Written { path: query.path, size: Some(written?) }))
+}
+
+/// `PUT .../files/archive?path=`: extracts a tar stream into `path` (created if missing).
+pub async fn write_archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PathQuery>,
+    body: Body,
+) -> Result<Json<Written>, ApiError> {
+    let limit = state.engine.config().instances.max_upload_mb << 20;
+    let (tx, rx) = mpsc::channel(8);
+    let write = state.engine.write_instance_archive(&caller.tenant, &id, &query.path, rx);
+    let (fed, written) = tokio::join!(feed_body(body, limit, tx), write);
+    fed?;
+    written?;
+    Ok(Json(Written { path: query.path, size: None }))
 }
 
 pub async fn delete_path(

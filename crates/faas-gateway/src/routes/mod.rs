@@ -41,6 +41,10 @@ pub(crate) fn routes() -> Router<AppState> {
             get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
+        .route(
+            "/api/v1/instances/{id}/files/archive",
+            get(instances::read_archive).put(instances::write_archive),
+        )
         .route("/api/v1/instances/{id}/terminal", get(terminal::terminal))
         .route("/api/v1/instances/{id}/ssh", get(access::issue_ssh).delete(access::revoke_ssh))
         .route("/api/v1/instances/{id}/ssh/keys/{key_id}", delete(access::revoke_ssh_key))
