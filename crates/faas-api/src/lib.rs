@@ -466,6 +466,8 @@ pub struct SshAccess {
     pub public_key: String,
     /// `SHA256:...` of the server's host key, to check on first connection.
     pub host_key_fingerprint: String,
+    /// The host key itself (`ssh-ed25519 AAAA...`), for a known_hosts line.
+    pub host_public_key: String,
     /// A ready command line, the private key saved as `instance_key`.
     pub command: String,
 }

@@ -46,6 +46,13 @@ impl Login {
         std::fs::write(&path, r.body["private_key"].as_str().expect("private key")).expect("key");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod");
+        // The host key the API names is the one the server shows: checked strictly.
+        let known = format!(
+            "[127.0.0.1]:{} {}\n",
+            r.body["port"],
+            r.body["host_public_key"].as_str().expect("host key")
+        );
+        std::fs::write(path.with_extension("known_hosts"), known).expect("known_hosts");
         Login { access: r.body, key: path }
     }
 
@@ -54,11 +61,13 @@ impl Login {
     }
 
     fn options(&self) -> Vec<String> {
+        let known =
+            format!("UserKnownHostsFile={}", self.key.with_extension("known_hosts").display());
         [
             "-o",
-            "StrictHostKeyChecking=no",
+            "StrictHostKeyChecking=yes",
             "-o",
-            "UserKnownHostsFile=/dev/null",
+            &known,
             "-o",
             "BatchMode=yes",
             "-o",

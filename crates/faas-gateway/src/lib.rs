@@ -101,6 +101,7 @@ async fn start_ssh(
         port: local.port(),
         public_host: config.public_host.clone(),
         host_key_fingerprint: faas_ssh::fingerprint_of(host_key.public_key()),
+        host_public_key: faas_ssh::public_openssh(host_key.public_key()),
     };
     tokio::spawn(faas_ssh::serve(Arc::clone(engine), listener, host_key));
     Ok(endpoint)

@@ -30,6 +30,13 @@ pub fn fingerprint_of(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// `ssh-ed25519 AAAA...` without the comment, as a known_hosts line wants it.
+pub fn public_openssh(key: &PublicKey) -> String {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh().unwrap_or_default().trim().to_owned()
+}
+
 /// A new key pair for logging into `instance_id`.
 pub fn issue_key(instance_id: &str) -> std::io::Result<IssuedKey> {
     let key = random_key(&format!("faas-{instance_id}"))?;

@@ -22,7 +22,7 @@ use russh::server::{Auth, Handle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Sig};
 use tokio::net::TcpListener;
 
-pub use keys::{IssuedKey, fingerprint_of, issue_key, load_or_create_host_key};
+pub use keys::{IssuedKey, fingerprint_of, issue_key, load_or_create_host_key, public_openssh};
 
 /// Environment variables a client may pass (as OpenSSH's default `AcceptEnv`).
 fn accepted_env(name: &str) -> bool {

@@ -25,6 +25,7 @@ pub struct SshEndpoint {
     pub port: u16,
     pub public_host: Option<String>,
     pub host_key_fingerprint: String,
+    pub host_public_key: String,
 }
 
 /// The host name the caller reached the API at (without its port).
@@ -69,6 +70,7 @@ pub async fn issue_ssh(
         private_key: key.private_key,
         public_key: key.public_key,
         host_key_fingerprint: endpoint.host_key_fingerprint.clone(),
+        host_public_key: endpoint.host_public_key.clone(),
         command,
     }))
 }
