@@ -50,16 +50,59 @@ impl Client {
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
+        if !status.is_success() {
+            return Err(api_error(resp).await);
+        }
         let text = resp.text().await.context("reading the server's answer")?;
-        if status.is_success() {
-            return serde_json::from_str(&text).context("the server's answer is not JSON");
+        serde_json::from_str(&text).context("the server's answer is not JSON")
+    }
+
+    /// Sends `body` (a byte stream) with `method` and returns the JSON answer.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: reqwest::Body,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.key)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the faas server at {}", self.base))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
         }
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(err) => {
-                Err(anyhow!("{}: {} (HTTP {})", err.error.code, err.error.message, status.as_u16()))
-            }
-            Err(_) => Err(anyhow!("HTTP {}: {text}", status.as_u16())),
+        resp.json().await.context("the server's answer is not JSON")
+    }
+
+    /// GETs `path` and returns the response to read its body as a stream.
+    pub async fn download(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the faas server at {}", self.base))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
         }
+        Ok(resp)
+    }
+}
+
+/// A failed answer as `code: message (HTTP status)`.
+async fn api_error(resp: reqwest::Response) -> anyhow::Error {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(err) => anyhow!("{}: {} (HTTP {})", err.error.code, err.error.message, status.as_u16()),
+        Err(_) => anyhow!("HTTP {}: {text}", status.as_u16()),
     }
 }
 
@@ -81,18 +124,8 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("cannot reach the faas server at {}", self.base))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(err) => Err(anyhow!(
-                    "{}: {} (HTTP {})",
-                    err.error.code,
-                    err.error.message,
-                    status.as_u16()
-                )),
-                Err(_) => Err(anyhow!("HTTP {}: {text}", status.as_u16())),
-            };
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
         }
         let mut pending = String::new();
         let (mut event, mut data) = (String::new(), String::new());

@@ -23,6 +23,11 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run a command or code in a sandbox on the server.
     Exec(commands::exec::ExecArgs),
+    /// Persistent instances: create, exec, ssh, copy files, stop, start, delete.
+    Instances {
+        #[command(subcommand)]
+        command: commands::instances::InstancesCmd,
+    },
     /// Manage API keys (admin).
     Keys {
         #[command(subcommand)]
@@ -59,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => serve(args),
         Cmd::Exec(args) => commands::exec::run(args),
+        Cmd::Instances { command } => commands::instances::run(command),
         Cmd::Keys { command } => commands::keys::run(command),
         Cmd::Doctor => commands::doctor::run(),
     }

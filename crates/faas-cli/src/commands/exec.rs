@@ -64,7 +64,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         serde_json::from_value(answer).context("unexpected result shape")?
     } else {
-        let result = stream(&client, &body)?;
+        let result = stream(&client, "/api/v1/execute/stream", &body)?;
         if result.stdout_truncated || result.stderr_truncated {
             eprintln!("faas: output truncated at {} bytes", result.limits.output_bytes);
         }
@@ -82,11 +82,15 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     std::process::exit(exit_code(&result))
 }
 
-/// Runs through the streaming route, printing output as it arrives.
-fn stream(client: &Client, body: &serde_json::Value) -> anyhow::Result<ExecutionResult> {
+/// Runs through a streaming route, printing output as it arrives.
+pub(crate) fn stream(
+    client: &Client,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<ExecutionResult> {
     let mut result = None;
     let mut failure = None;
-    runtime()?.block_on(client.stream("/api/v1/execute/stream", body, |_, data| {
+    runtime()?.block_on(client.stream(path, body, |_, data| {
         match serde_json::from_str::<StreamEvent>(data) {
             Ok(StreamEvent::Stdout { data }) => {
                 let mut out = std::io::stdout();
@@ -135,11 +139,7 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
         context_id: args.context.clone(),
         ..ExecuteRequest::default()
     };
-    for pair in &args.env {
-        let (k, v) =
-            pair.split_once('=').with_context(|| format!("--env {pair}: expected KEY=VALUE"))?;
-        req.env.insert(k.to_owned(), v.to_owned());
-    }
+    req.env = pairs("--env", &args.env)?;
     match (&args.code, args.argv.is_empty(), &args.language) {
         (Some(_), false, _) => bail!("give either -c or a command after --, not both"),
         (Some(code), true, Some(lang)) => {
@@ -155,12 +155,27 @@ fn request(stdin: Option<String>, args: &ExecArgs) -> anyhow::Result<ExecuteRequ
     Ok(req)
 }
 
+/// `KEY=VALUE` arguments as a map.
+pub(crate) fn pairs(
+    flag: &str,
+    args: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    args.iter()
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("{flag} {pair}: expected KEY=VALUE"))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
         .map_err(|_| "one of ephemeral, cached, checkpointed, branched, persistent".to_owned())
 }
 
-fn exit_code(result: &ExecutionResult) -> i32 {
+pub(crate) fn exit_code(result: &ExecutionResult) -> i32 {
     let signal_number = |name: &str| match name {
         "SIGHUP" => 1,
         "SIGINT" => 2,

@@ -1,3 +1,4 @@
 pub mod doctor;
 pub mod exec;
+pub mod instances;
 pub mod keys;
