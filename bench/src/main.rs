@@ -6,6 +6,8 @@
 //! parent, runs every workload `--runs` times after a warm-up, and prints medians and p99
 //! as a Markdown table for docs/BENCHMARKS.md.
 
+mod instances;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +19,7 @@ use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "faas_bench_admin_key_0123456789abcdef";
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 struct Args {
     /// Measured runs per workload (after the warm-up).
     #[arg(long, default_value_t = 300)]
@@ -27,7 +29,7 @@ struct Args {
     /// The faas binary to benchmark.
     #[arg(long, default_value = "target/release/faas")]
     faas: PathBuf,
-    /// Which benchmarks: ephemeral, cached, or all.
+    /// Which benchmarks: ephemeral, cached, instances, or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Seconds of the throughput run.
@@ -36,6 +38,9 @@ struct Args {
     /// Concurrent keep-alive connections of the throughput run.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Idle instances created for the memory-per-instance figure.
+    #[arg(long, default_value_t = 1000)]
+    idle_instances: usize,
 }
 
 struct Stats {
@@ -68,7 +73,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n[instances]\nmax_per_tenant = 100000\n[ssh]\nenabled = false\n",
                 base.join("data").display(),
                 base.join("run").display()
             ),
@@ -405,6 +410,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "cached" {
         cached(&runtime, &client, &server, &args)?;
+    }
+    if args.only == "all" || args.only == "instances" {
+        instances::run(&runtime, &client, &server, &args)?;
     }
     Ok(())
 }
