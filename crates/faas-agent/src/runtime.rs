@@ -37,7 +37,10 @@ const NODE_DRIVER: &str = include_str!("drivers/node.js");
 /// which, the agent being PID 1, ends the sandbox.
 pub fn main() -> ! {
     match Agent::new(CONTROL_FD) {
-        Ok(mut agent) => agent.run(),
+        Ok(mut agent) => {
+            detach_stdio();
+            agent.run()
+        }
         Err(e) => {
             eprintln!("faas-agent: {e}");
             std::process::exit(1)
@@ -1241,6 +1244,22 @@ fn keep_capabilities(caps: &[u32]) -> std::io::Result<()> {
     // SAFETY: capset with a v3 header and two data words, as the kernel expects.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Points descriptors 0, 1 and 2 at the sandbox's own /dev/null once start-up went well:
+/// until then they are the server's (start-up errors go to its log), but a descriptor to a
+/// host file would tie every checkpoint of the sandbox to that file.
+fn detach_stdio() {
+    // SAFETY: open and dup2 on descriptors this process owns.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+        }
+    }
 }
 
 /// Runs `f` with the filesystem identity of the sandbox user: the agent is root, and a

@@ -228,11 +228,11 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         })?;
         bind_read_only(&agent.binary, &target)?;
     }
-    mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
-    mask_proc(&root.join("proc"))?;
     let dev = root.join("dev");
     mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=0755", "dev tmpfs")?;
     make_devices(&dev)?;
+    mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
+    mask_proc(&root.join("proc"), &dev.join("null"))?;
     let pts = dev.join("pts");
     mkdir(&pts, 0o755, "dev/pts")?;
     let pts_opts = "newinstance,ptmxmode=0666,mode=0620";
@@ -261,12 +261,14 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
 
 /// Parts of /proc that reach the whole host, which no sandbox may write or read: the
 /// sandbox has no user namespace, so its root (the agent) is the host's root. Directories
-/// are bound read-only over themselves; files are covered with /dev/null.
+/// are bound read-only over themselves; files are covered with the sandbox's own
+/// /dev/null (not the host's: a bind whose source mount is outside the namespace is one
+/// CRIU cannot dump).
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 const PROC_MASKED: [&str; 7] =
     ["kcore", "keys", "timer_list", "sched_debug", "kallsyms", "kpagecount", "kpageflags"];
 
-fn mask_proc(proc: &Path) -> Step {
+fn mask_proc(proc: &Path, null: &Path) -> Step {
     use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT};
     for name in PROC_READ_ONLY {
         let path = proc.join(name);
@@ -279,7 +281,7 @@ fn mask_proc(proc: &Path) -> Step {
     for name in PROC_MASKED {
         let path = proc.join(name);
         if path.exists() {
-            mount("/dev/null", &path, "", MS_BIND, "", "mask /proc file")?;
+            mount(&null.to_string_lossy(), &path, "", MS_BIND, "", "mask /proc file")?;
         }
     }
     Ok(())
@@ -472,8 +474,15 @@ fn exec_agent() -> ! {
     let path = cstr(AGENT_PATH.as_bytes());
     let argv = [path.as_ptr(), std::ptr::null()];
     let env = [std::ptr::null()];
-    // SAFETY: NULL-terminated arrays of valid C strings.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr()) };
+    // A session of its own: PID 1 was born in the server's session, and CRIU dumps only
+    // trees whose session leader is inside them (checkpoints of agent sandboxes).
+    // SAFETY: setsid and execve with NULL-terminated arrays of valid C strings.
+    unsafe {
+        if libc::setsid() < 0 {
+            fail("setup", Failure { stage: "setsid", errno: errno() });
+        }
+        libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
+    }
     fail("setup", Failure { stage: "exec agent", errno: errno() })
 }
 
