@@ -88,26 +88,28 @@ impl Session {
 
     /// The next output or the exit; `None` after the exit, or when the sandbox is gone.
     pub async fn next(&mut self) -> Option<SessionEvent> {
-        if self.ended {
-            return None;
-        }
-        let Some(message) = self.events.recv().await else {
-            self.ended = true;
-            return None;
-        };
-        match message.event {
-            Event::Output { stream, .. } => Some(SessionEvent::Output(stream, message.data)),
-            Event::Exit { exit_code, signal, timed_out, .. } => {
+        while !self.ended {
+            let Some(message) = self.events.recv().await else {
                 self.ended = true;
-                Some(SessionEvent::Exit(match (timed_out, exit_code, signal) {
-                    (true, ..) => RunEnd::TimedOut,
-                    (false, Some(code), _) => RunEnd::Exited(code),
-                    (false, None, signal) => RunEnd::Signaled(signal.unwrap_or(libc::SIGKILL)),
-                }))
+                return None;
+            };
+            match message.event {
+                Event::Output { stream, .. } => {
+                    return Some(SessionEvent::Output(stream, message.data));
+                }
+                Event::Exit { exit_code, signal, timed_out, .. } => {
+                    self.ended = true;
+                    return Some(SessionEvent::Exit(match (timed_out, exit_code, signal) {
+                        (true, ..) => RunEnd::TimedOut,
+                        (false, Some(code), _) => RunEnd::Exited(code),
+                        (false, None, sig) => RunEnd::Signaled(sig.unwrap_or(libc::SIGKILL)),
+                    }));
+                }
+                // Nothing else is sent for a running process; skip rather than end.
+                _ => {}
             }
-            // Nothing else is sent for a running process; skip rather than end.
-            _ => Box::pin(self.next()).await,
         }
+        None
     }
 }
 

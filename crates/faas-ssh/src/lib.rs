@@ -205,41 +205,40 @@ async fn relay(mut attached: faas_engine::InstanceSession, handle: Handle, chann
     let _ = handle.close(channel).await;
 }
 
+/// The signals SSH names (RFC 4254, 6.10) and their numbers here.
+fn named_signals() -> [(Sig, i32); 12] {
+    [
+        (Sig::ABRT, libc::SIGABRT),
+        (Sig::ALRM, libc::SIGALRM),
+        (Sig::FPE, libc::SIGFPE),
+        (Sig::HUP, libc::SIGHUP),
+        (Sig::ILL, libc::SIGILL),
+        (Sig::INT, libc::SIGINT),
+        (Sig::KILL, libc::SIGKILL),
+        (Sig::PIPE, libc::SIGPIPE),
+        (Sig::QUIT, libc::SIGQUIT),
+        (Sig::SEGV, libc::SIGSEGV),
+        (Sig::TERM, libc::SIGTERM),
+        (Sig::USR1, libc::SIGUSR1),
+    ]
+}
+
 fn to_ssh_signal(signal: i32) -> Sig {
-    match signal {
-        libc::SIGABRT => Sig::ABRT,
-        libc::SIGALRM => Sig::ALRM,
-        libc::SIGFPE => Sig::FPE,
-        libc::SIGHUP => Sig::HUP,
-        libc::SIGILL => Sig::ILL,
-        libc::SIGINT => Sig::INT,
-        libc::SIGKILL => Sig::KILL,
-        libc::SIGPIPE => Sig::PIPE,
-        libc::SIGQUIT => Sig::QUIT,
-        libc::SIGSEGV => Sig::SEGV,
-        libc::SIGTERM => Sig::TERM,
-        libc::SIGUSR1 => Sig::USR1,
-        other => Sig::Custom(faas_sandbox::signal_name(other).trim_start_matches("SIG").into()),
-    }
+    named_signals().into_iter().find(|(_, n)| *n == signal).map(|(sig, _)| sig).unwrap_or_else(
+        || Sig::Custom(faas_sandbox::signal_name(signal).trim_start_matches("SIG").into()),
+    )
 }
 
 fn from_ssh_signal(signal: &Sig) -> Option<i32> {
-    Some(match signal {
-        Sig::ABRT => libc::SIGABRT,
-        Sig::ALRM => libc::SIGALRM,
-        Sig::FPE => libc::SIGFPE,
-        Sig::HUP => libc::SIGHUP,
-        Sig::ILL => libc::SIGILL,
-        Sig::INT => libc::SIGINT,
-        Sig::KILL => libc::SIGKILL,
-        Sig::PIPE => libc::SIGPIPE,
-        Sig::QUIT => libc::SIGQUIT,
-        Sig::SEGV => libc::SIGSEGV,
-        Sig::TERM => libc::SIGTERM,
-        Sig::USR1 => libc::SIGUSR1,
-        Sig::Custom(name) if name == "USR2" => libc::SIGUSR2,
-        Sig::Custom(_) => return None,
-    })
+    match signal {
+        Sig::Custom(name) if name == "USR2" => Some(libc::SIGUSR2),
+        // Sig has no PartialEq; the table holds unit variants only, so the variant decides.
+        _ => {
+            let wanted = std::mem::discriminant(signal);
+            named_signals().into_iter().find(|(sig, _)| std::mem::discriminant(sig) == wanted)
+        }
+        .map(|(_, n)| n),
+    }
 }
 
 /// A terminal size from a client, clamped to what the terminal route accepts.
@@ -423,5 +422,18 @@ impl russh::server::Handler for Connection {
         // Dropping the state ends the relay, and with it the program.
         self.channels.remove(&channel);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_translate_both_ways() {
+        for n in [libc::SIGHUP, libc::SIGINT, libc::SIGKILL, libc::SIGTERM, libc::SIGUSR2] {
+            assert_eq!(from_ssh_signal(&to_ssh_signal(n)), Some(n));
+        }
+        assert_eq!(from_ssh_signal(&Sig::Custom("WINCH".into())), None);
     }
 }

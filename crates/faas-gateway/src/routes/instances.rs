@@ -210,14 +210,17 @@ pub struct PathQuery {
     recursive: bool,
 }
 
-/// A body stream over a channel of chunks.
-struct Chunks(mpsc::Receiver<Vec<u8>>);
+/// A read as a body stream: its first chunk, then the rest as they come.
+struct Chunks(FileRead);
 
 impl futures_core::Stream for Chunks {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Bytes::from(c))))
+        if let Some(first) = self.0.first.take() {
+            return Poll::Ready(Some(Ok(Bytes::from(first))));
+        }
+        self.0.rest.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Bytes::from(c))))
     }
 }
 
@@ -244,21 +247,7 @@ pub async fn read_archive(
 
 /// A response whose body is a read's chunks as they come.
 fn stream_body(read: FileRead, content_type: &'static str) -> Response {
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        let mut rest = read.rest;
-        if let Some(first) = read.first
-            && tx.send(first).await.is_err()
-        {
-            return;
-        }
-        while let Some(chunk) = rest.recv().await {
-            if tx.send(chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(Chunks(rx))).into_response()
+    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(Chunks(read))).into_response()
 }
 
 #[derive(Debug, serde::Serialize)]
