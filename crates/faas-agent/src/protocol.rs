@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 /// Data is sent in chunks of at most this size.
@@ -150,15 +150,32 @@ pub enum Request {
     Ping {
         id: u64,
     },
+    /// Before a checkpoint: send everything pending, answer `paused`, then read no more
+    /// output and send nothing until `resume`, so that the checkpoint holds no half-sent
+    /// frame in either direction. The host sends nothing else in between.
+    Pause {
+        id: u64,
+    },
+    /// After a checkpoint. The original answers `done`. A copy restored from the checkpoint
+    /// (`restored`, the first frame on its new channel) forgets every request of its
+    /// previous host (their processes run on, their events are dropped) and answers with a
+    /// new `hello` whose `next_id` is above every id it has seen.
+    Resume {
+        id: u64,
+        restored: bool,
+    },
 }
 
 /// Agent to host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// First frame on a new connection.
+    /// First frame on a new connection (and after a restore). Request ids below `next_id`
+    /// belong to an earlier host: use larger ones.
     Hello {
         version: u32,
+        #[serde(default)]
+        next_id: u64,
     },
     Started {
         id: u64,
@@ -204,6 +221,9 @@ pub enum Event {
     Pong {
         id: u64,
     },
+    Paused {
+        id: u64,
+    },
     /// The request failed; `errno` when the kernel said why.
     Error {
         id: u64,
@@ -229,6 +249,34 @@ pub struct StartError {
     pub errno: i32,
 }
 
+impl Request {
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Exec { id, .. }
+            | Request::Resize { id, .. }
+            | Request::Stdin { id, .. }
+            | Request::Signal { id, .. }
+            | Request::CloseOutput { id, .. }
+            | Request::ContextCreate { id, .. }
+            | Request::ContextRun { id, .. }
+            | Request::ContextDelete { id, .. }
+            | Request::FileRead { id, .. }
+            | Request::FileWrite { id, .. }
+            | Request::FileChunk { id }
+            | Request::FileEnd { id }
+            | Request::FileList { id, .. }
+            | Request::FileDelete { id, .. }
+            | Request::Connect { id, .. }
+            | Request::TcpData { id }
+            | Request::TcpClose { id }
+            | Request::KillAll { id }
+            | Request::Ping { id }
+            | Request::Pause { id }
+            | Request::Resume { id, .. } => *id,
+        }
+    }
+}
+
 impl Event {
     pub fn id(&self) -> Option<u64> {
         match self {
@@ -244,6 +292,7 @@ impl Event {
             | Event::TcpData { id }
             | Event::TcpClosed { id }
             | Event::Pong { id }
+            | Event::Paused { id }
             | Event::Error { id, .. } => Some(*id),
         }
     }

@@ -1,4 +1,4 @@
-//! The agent's event loop. One thread, one `poll`: the control socket, a signalfd for
+//! The agent's event loop. One thread, one `poll`: the control pipes, a signalfd for
 //! SIGCHLD, and every pipe and socket of the processes, contexts and connections it runs.
 //! Output is read only while the host keeps up (backpressure), so a flood never grows the
 //! agent's memory; the sandbox's cgroup charges the agent like any of its processes.
@@ -14,8 +14,12 @@ use faas_confine::{Confinement, Filters};
 
 use crate::protocol::{self, CHUNK, Confine, Event, PtySize, Request, StartError, Stream};
 
-/// The control socket's descriptor (see faas-sandbox's AGENT_CONTROL_FD).
-pub const CONTROL_FD: RawFd = 4;
+/// The control channel: requests arrive on one pipe, events leave on another (see
+/// faas-sandbox's AGENT_REQUESTS_FD). Pipes, not a socket: a checkpoint's copy gets new
+/// pipes in their place (CRIU's inherited descriptors), where a socket connected to the
+/// server could not be restored.
+pub const REQUESTS_FD: RawFd = 4;
+pub const EVENTS_FD: RawFd = 5;
 /// Past this much unsent output, stop reading from children until the host catches up.
 const HIGH_WATER: usize = 4 << 20;
 /// The most a TCP relay buffers toward a program that does not read.
@@ -33,10 +37,10 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 const PYTHON_DRIVER: &str = include_str!("drivers/python.py");
 const NODE_DRIVER: &str = include_str!("drivers/node.js");
 
-/// Runs the agent on the control socket at [`CONTROL_FD`]. Exits when the host hangs up,
-/// which, the agent being PID 1, ends the sandbox.
+/// Runs the agent on the control pipes. Exits when the host hangs up (the server's ends
+/// close when it exits, however it exits), which, the agent being PID 1, ends the sandbox.
 pub fn main() -> ! {
-    match Agent::new(CONTROL_FD) {
+    match Agent::new(REQUESTS_FD, EVENTS_FD) {
         Ok(mut agent) => {
             detach_stdio();
             agent.run()
@@ -97,7 +101,8 @@ struct Tcp {
 
 #[derive(Clone, Debug)]
 enum Tag {
-    Control,
+    Requests,
+    Events,
     Signal,
     ProcOut(u64, Stream),
     ProcIn(u64),
@@ -108,7 +113,14 @@ enum Tag {
 }
 
 struct Agent {
-    control: OwnedFd,
+    requests: OwnedFd,
+    events: OwnedFd,
+    /// Between `pause` and `resume` (a checkpoint): only the control pipes are served.
+    paused: bool,
+    /// The largest request id seen, and the first id of the current host: events for
+    /// smaller ids belong to the host before a restore and are dropped.
+    max_id: u64,
+    first_id: u64,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     sigfd: OwnedFd,
@@ -183,16 +195,24 @@ fn write_some(fd: RawFd, buf: &[u8]) -> Result<usize, i32> {
 }
 
 impl Agent {
-    fn new(control: RawFd) -> Result<Self, String> {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        if unsafe { libc::fcntl(control, libc::F_GETFD) } < 0 {
-            return Err(format!("no control socket on descriptor {control}"));
-        }
-        // SAFETY: the descriptor was handed to us by PID 1's setup; we own it from here.
-        let control = unsafe { OwnedFd::from_raw_fd(control) };
-        set_nonblocking(control.as_raw_fd());
-        // SAFETY: fcntl on our own descriptor; nothing the agent starts may inherit it.
-        unsafe { libc::fcntl(control.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    fn new(requests: RawFd, events: RawFd) -> Result<Self, String> {
+        let [requests, events] = [requests, events].map(|fd| {
+            // SAFETY: F_GETFD only inspects the descriptor table.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!("no control pipe on descriptor {fd}"));
+            }
+            // SAFETY: handed to us by PID 1's setup; we own it from here. Nothing the agent
+            // starts may inherit it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            set_nonblocking(fd.as_raw_fd());
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            Ok(fd)
+        });
+        let (requests, events) = (requests?, events?);
+        // The sandbox's lifetime is the control channel's (EOF when the server goes, see
+        // main), not the launcher's: a restored sandbox's parent is CRIU, which exits.
+        // SAFETY: prctl with plain integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
         // SIGCHLD arrives on a descriptor, not as an interruption.
         // SAFETY: plain signal-mask calls on a zeroed, initialised set.
         let sigfd = unsafe {
@@ -226,7 +246,11 @@ impl Agent {
         keep_capabilities(&[CAP_KILL, CAP_SETGID, CAP_SETUID])
             .map_err(|e| format!("capabilities: {e}"))?;
         let mut agent = Self {
-            control,
+            requests,
+            events,
+            paused: false,
+            max_id: 0,
+            first_id: 0,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             sigfd,
@@ -238,11 +262,14 @@ impl Agent {
             writes: HashMap::new(),
             tcp: HashMap::new(),
         };
-        agent.send(&Event::Hello { version: protocol::VERSION }, b"");
+        agent.send(&Event::Hello { version: protocol::VERSION, next_id: 1 }, b"");
         Ok(agent)
     }
 
     fn send(&mut self, event: &Event, data: &[u8]) {
+        if event.id().is_some_and(|id| id < self.first_id) {
+            return;
+        }
         protocol::encode(event, data, &mut self.outbuf);
     }
 
@@ -254,7 +281,9 @@ impl Agent {
         let mut buf = vec![0u8; CHUNK];
         loop {
             self.flush();
-            self.pump_reads();
+            if !self.paused {
+                self.pump_reads();
+            }
             let (mut pollfds, tags) = self.poll_set();
             let timeout = self.poll_timeout();
             // SAFETY: pollfds is a valid array of the given length.
@@ -269,7 +298,9 @@ impl Agent {
                     self.ready(tag, pfd.revents, &mut buf);
                 }
             }
-            self.check_deadlines();
+            if !self.paused {
+                self.check_deadlines();
+            }
         }
     }
 
@@ -284,14 +315,15 @@ impl Agent {
             fds.push(libc::pollfd { fd, events, revents: 0 });
             tags.push(tag);
         };
-        let mut control_events = 0;
         if self.output_room() {
-            control_events |= libc::POLLIN;
+            add(self.requests.as_raw_fd(), libc::POLLIN, Tag::Requests);
         }
         if !self.outbuf.is_empty() {
-            control_events |= libc::POLLOUT;
+            add(self.events.as_raw_fd(), libc::POLLOUT, Tag::Events);
         }
-        add(self.control.as_raw_fd(), control_events, Tag::Control);
+        if self.paused {
+            return (fds, tags);
+        }
         add(self.sigfd.as_raw_fd(), libc::POLLIN, Tag::Signal);
         let room = self.output_room();
         for (id, p) in &self.procs {
@@ -366,7 +398,7 @@ impl Agent {
     /// Sends pending output to the host; exits if the host is gone.
     fn flush(&mut self) {
         while !self.outbuf.is_empty() {
-            match write_some(self.control.as_raw_fd(), &self.outbuf) {
+            match write_some(self.events.as_raw_fd(), &self.outbuf) {
                 Ok(0) => return,
                 Ok(n) => {
                     self.outbuf.drain(..n);
@@ -378,11 +410,13 @@ impl Agent {
 
     fn ready(&mut self, tag: Tag, revents: libc::c_short, buf: &mut [u8]) {
         match tag {
-            Tag::Control => {
+            Tag::Requests => {
                 if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                     self.read_control(buf);
                 }
             }
+            // The next loop's flush writes; an error there means the host is gone.
+            Tag::Events => {}
             Tag::Signal => self.reap(),
             Tag::ProcOut(id, stream) => self.read_proc_output(id, stream, buf),
             Tag::ProcIn(id) => self.write_proc_stdin(id),
@@ -404,7 +438,7 @@ impl Agent {
 
     fn read_control(&mut self, buf: &mut [u8]) {
         loop {
-            match read_some(self.control.as_raw_fd(), buf) {
+            match read_some(self.requests.as_raw_fd(), buf) {
                 Ok(Some(0)) | Err(_) => std::process::exit(0),
                 Ok(Some(n)) => self.inbuf.extend_from_slice(&buf[..n]),
                 Ok(None) => break,
@@ -433,6 +467,7 @@ impl Agent {
     }
 
     fn handle(&mut self, request: Request, data: Vec<u8>) {
+        self.max_id = self.max_id.max(request.id());
         match request {
             Request::Exec { id, argv, env, confine, timeout_ms, stdin, pty } => {
                 if self.procs.contains_key(&id) {
@@ -568,7 +603,33 @@ impl Agent {
                 self.send(&Event::Done { id, size: 0 }, b"");
             }
             Request::Ping { id } => self.send(&Event::Pong { id }, b""),
+            Request::Pause { id } => {
+                self.paused = true;
+                self.send(&Event::Paused { id }, b"");
+            }
+            Request::Resume { id, restored: false } => {
+                self.paused = false;
+                self.send(&Event::Done { id, size: 0 }, b"");
+            }
+            Request::Resume { restored: true, .. } => self.restored(),
         }
+    }
+
+    /// The first request on the new channel of a restored copy: the previous host's
+    /// requests are forgotten (processes and contexts run on; output, exits and answers
+    /// for them are dropped; its file transfers and TCP relays close).
+    fn restored(&mut self) {
+        self.paused = false;
+        self.first_id = self.max_id + 1;
+        self.reads.clear();
+        self.writes.clear();
+        self.tcp.clear();
+        for p in self.procs.values_mut() {
+            p.stdin = None;
+            p.stdin_buf.clear();
+        }
+        let next_id = self.first_id;
+        self.send(&Event::Hello { version: protocol::VERSION, next_id }, b"");
     }
 
     /// A signal for a process's group, or for a context run (which the interpreter gets as

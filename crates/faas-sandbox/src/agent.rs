@@ -1,8 +1,9 @@
-//! The host's end of the agent protocol: one socket per sandbox, a reader task that routes
-//! each event to whoever is waiting on its request id, and a writer shared by callers.
+//! The host's end of the agent protocol: two pipes per sandbox (requests out, events in),
+//! a reader task that routes each event to whoever is waiting on its request id, and a
+//! writer shared by callers.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,12 +11,13 @@ use std::time::Duration;
 use faas_agent::protocol::{self, Event, Request};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 /// How long a single-answer request (a listing, a context start, ...) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an agent may take to pause for a checkpoint, and to resume after it.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new agent may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,28 +55,42 @@ type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
 const ROUTE_BUFFER: usize = 32;
 
 pub struct AgentClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<pipe::Sender>,
     routes: Routes,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
 }
 
 impl AgentClient {
-    /// Takes the host's end of the control socket and waits for the agent's hello.
-    pub async fn connect(sock: OwnedFd) -> Result<Self, AgentError> {
-        let std_sock = std::os::unix::net::UnixStream::from(sock);
-        std_sock.set_nonblocking(true).map_err(AgentError::Io)?;
-        let stream = UnixStream::from_std(std_sock).map_err(AgentError::Io)?;
-        let (mut read, writer) = stream.into_split();
+    /// Takes the host's ends of the control pipes (requests to write, events to read) and
+    /// waits for the agent's hello.
+    pub async fn connect(requests: OwnedFd, events: OwnedFd) -> Result<Self, AgentError> {
+        Self::open(requests, events, false).await
+    }
+
+    /// Like [`connect`](Self::connect), for an agent restored from a checkpoint: its new
+    /// pipes carry a `resume` first, which it answers with a fresh hello.
+    pub async fn connect_restored(requests: OwnedFd, events: OwnedFd) -> Result<Self, AgentError> {
+        Self::open(requests, events, true).await
+    }
+
+    async fn open(requests: OwnedFd, events: OwnedFd, restored: bool) -> Result<Self, AgentError> {
+        let mut writer = pipe::Sender::from_owned_fd(requests).map_err(AgentError::Io)?;
+        let mut read = pipe::Receiver::from_owned_fd(events).map_err(AgentError::Io)?;
+        if restored {
+            let mut frame = Vec::new();
+            protocol::encode(&Request::Resume { id: 0, restored: true }, &[], &mut frame);
+            writer.write_all(&frame).await.map_err(AgentError::Io)?;
+        }
         let mut buf = Vec::new();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut read, &mut buf))
             .await
             .map_err(|_| AgentError::NoHello)??;
-        match hello.event {
-            Event::Hello { version } if version == protocol::VERSION => {}
-            Event::Hello { version } => return Err(AgentError::Version(version)),
+        let next_id = match hello.event {
+            Event::Hello { version, next_id } if version == protocol::VERSION => next_id.max(1),
+            Event::Hello { version, .. } => return Err(AgentError::Version(version)),
             _ => return Err(AgentError::NoHello),
-        }
+        };
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
         let reader_routes = Arc::clone(&routes);
         let reader = tokio::spawn(async move {
@@ -93,7 +109,7 @@ impl AgentClient {
         Ok(Self {
             writer: tokio::sync::Mutex::new(writer),
             routes,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(next_id),
             reader,
         })
     }
@@ -121,6 +137,43 @@ impl AgentClient {
             return Err(AgentError::TooLarge(frame.len()));
         }
         self.writer.lock().await.write_all(&frame).await.map_err(|_| AgentError::Gone)
+    }
+
+    /// Runs `work` (a checkpoint) while the agent is paused: everything it had to say has
+    /// been read, and no other request goes out until `work` is done and the agent resumed.
+    pub async fn while_paused<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, AgentError> {
+        let mut writer = self.writer.lock().await;
+        let (id, mut rx) = self.subscribe();
+        let result = async {
+            write_frame(&mut writer, &Request::Pause { id }).await?;
+            let paused = tokio::time::timeout(PAUSE_TIMEOUT, rx.recv()).await;
+            let output = match paused {
+                Ok(Some(Message { event: Event::Paused { .. }, .. })) => Ok(work.await),
+                Ok(Some(_)) | Ok(None) => Err(AgentError::Gone),
+                Err(_) => Err(AgentError::Timeout(PAUSE_TIMEOUT)),
+            };
+            // Resumed even when the pause was not confirmed in time: it may yet arrive.
+            write_frame(&mut writer, &Request::Resume { id, restored: false }).await?;
+            output
+        }
+        .await;
+        drop(writer);
+        if result.is_ok() {
+            // Answered with `done`; a late `paused` may come first.
+            let _ = tokio::time::timeout(PAUSE_TIMEOUT, async {
+                while let Some(m) = rx.recv().await {
+                    if matches!(m.event, Event::Done { .. }) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        self.unsubscribe(id);
+        result
     }
 
     pub fn is_connected(&self) -> bool {
@@ -154,10 +207,48 @@ impl Drop for AgentClient {
     }
 }
 
-async fn next_frame(
-    read: &mut tokio::net::unix::OwnedReadHalf,
-    buf: &mut Vec<u8>,
-) -> Result<Message, AgentError> {
+async fn write_frame(writer: &mut pipe::Sender, request: &Request) -> Result<(), AgentError> {
+    let mut frame = Vec::new();
+    protocol::encode(request, &[], &mut frame);
+    writer.write_all(&frame).await.map_err(|_| AgentError::Gone)
+}
+
+/// The control channel's four pipe ends: the host writes requests and reads events; the
+/// agent's two ends go into the sandbox (or, for a restore, to CRIU).
+pub struct ControlPipes {
+    pub host_requests: OwnedFd,
+    pub host_events: OwnedFd,
+    pub agent_requests: OwnedFd,
+    pub agent_events: OwnedFd,
+}
+
+/// Pipe capacity for the control channel: large enough that file transfers and output
+/// flow in big writes.
+const CONTROL_PIPE_BYTES: libc::c_int = 1 << 20;
+
+impl ControlPipes {
+    pub fn new() -> std::io::Result<Self> {
+        let (agent_requests, host_requests) = pipe_cloexec()?;
+        let (host_events, agent_events) = pipe_cloexec()?;
+        for fd in [&host_requests, &host_events] {
+            // SAFETY: fcntl on a pipe we own; a failure leaves the default size.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, CONTROL_PIPE_BYTES) };
+        }
+        Ok(Self { host_requests, host_events, agent_requests, agent_events })
+    }
+
+    /// The pipes' inode numbers (requests, events): how a checkpoint names them.
+    pub fn inodes(&self) -> std::io::Result<(u64, u64)> {
+        let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).map(|st| st.st_ino);
+        Ok((ino(&self.host_requests)?, ino(&self.host_events)?))
+    }
+}
+
+fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+async fn next_frame(read: &mut pipe::Receiver, buf: &mut Vec<u8>) -> Result<Message, AgentError> {
     loop {
         match protocol::decode(buf) {
             Ok(Some((used, header, data))) => {

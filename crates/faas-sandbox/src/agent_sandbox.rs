@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faas_agent::protocol::{Confine, Event, Request, Stream};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::agent::{AgentClient, AgentError, Message};
+use crate::agent::{AgentClient, AgentError, ControlPipes, Message};
 use crate::cgroup::{Cgroup, CgroupUsage, Limits};
 use crate::run::{
     Capture, RunEnd, RunError, RunIo, RunOutcome, Sandboxes, cancelled, kill, pipe_pair,
@@ -97,13 +96,20 @@ impl Sandboxes {
     ) -> Result<(Arc<OwnedFd>, AgentClient), RunError> {
         let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
         let (status_r, status_w) = pipe_pair()?;
-        let (ours, theirs) =
-            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| RunError::Io(e.into()))?;
-        // The agent's own stdout and stderr go to the server's stderr (its log).
-        let fds = vec![devnull.as_raw_fd(), 2, 2, status_w.as_raw_fd(), theirs.as_raw_fd()];
+        let pipes = ControlPipes::new().map_err(RunError::Io)?;
+        // The agent's own stdout and stderr go to the server's stderr (its log) until it
+        // has started.
+        let fds = vec![
+            devnull.as_raw_fd(),
+            2,
+            2,
+            status_w.as_raw_fd(),
+            pipes.agent_requests.as_raw_fd(),
+            pipes.agent_events.as_raw_fd(),
+        ];
         let launched = self.launch(id, spec, cgroup, fds, false).await?;
-        drop((status_w, theirs, devnull));
+        let ControlPipes { host_requests, host_events, agent_requests, agent_events } = pipes;
+        drop((status_w, agent_requests, agent_events, devnull));
         // EOF on the status pipe: PID 1 exec'd the agent (or wrote why it could not).
         let mut status = String::new();
         let mut rx = pipe::Receiver::from_owned_fd(status_r).map_err(RunError::Io)?;
@@ -115,7 +121,7 @@ impl Sandboxes {
         if !matches!(read, Ok(Ok(_))) {
             return Err(RunError::Setup { stage: "agent start".into(), errno: libc::ETIMEDOUT });
         }
-        let agent = AgentClient::connect(ours).await?;
+        let agent = AgentClient::connect(host_requests, host_events).await?;
         Ok((launched.pidfd, agent))
     }
 }

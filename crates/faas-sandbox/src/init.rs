@@ -1,8 +1,8 @@
 //! Code that runs inside a new sandbox, as PID 1 of its own pid namespace, right after the
 //! launcher cloned it. It builds the sandbox's world (cgroup, mounts, hostname, loopback),
 //! then either forks the payload and reports on the status pipe how it ended (one-shot
-//! mode), or execs the agent with the control socket on [`AGENT_CONTROL_FD`] (agent mode,
-//! `spec.agent`). When PID 1 exits the kernel kills everything else in the namespace, so
+//! mode), or execs the agent with its control pipes on [`AGENT_REQUESTS_FD`] and
+//! [`AGENT_EVENTS_FD`] (agent mode, `spec.agent`). When PID 1 exits the kernel kills everything else in the namespace, so
 //! nothing outlives a sandbox.
 //!
 //! Everything here runs in a forked copy of the single-threaded launcher and ends in
@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 
 use faas_confine::{Confinement, Failure, Filters, check, errno};
 
-use crate::spec::{AGENT_CONTROL_FD, AGENT_PATH, LaunchMessage, LaunchSpec};
+use crate::spec::{AGENT_EVENTS_FD, AGENT_PATH, AGENT_REQUESTS_FD, LaunchMessage, LaunchSpec};
 
-/// Where the sandbox's file descriptors sit once arranged.
+/// Where the sandbox's file descriptors sit once arranged (the agent's pipes take 4 and 5
+/// in agent mode, which has no blob).
 const FD_STATUS: i32 = 3;
-const FD_BLOB: i32 = 5;
+const FD_BLOB: i32 = 4;
 const FD_FIRST_CGROUP: i32 = 6;
 
 /// What the launcher prepared once for all sandboxes.
@@ -79,9 +80,8 @@ pub(crate) fn run(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
 fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     let mut targets = vec![0, 1, 2, FD_STATUS];
     if msg.spec.agent.is_some() {
-        targets.push(AGENT_CONTROL_FD);
-    }
-    if msg.has_blob {
+        targets.extend([AGENT_REQUESTS_FD, AGENT_EVENTS_FD]);
+    } else if msg.has_blob {
         targets.push(FD_BLOB);
     }
     targets.extend((0..msg.cgroup_fds as i32).map(|i| FD_FIRST_CGROUP + i));
@@ -100,7 +100,7 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
         // SAFETY: dup2 onto small numbers; whatever was there belonged to the launcher.
         check(unsafe { libc::dup2(*h, *t) }, "fds")?;
     }
-    for unused in [AGENT_CONTROL_FD, FD_BLOB] {
+    for unused in [AGENT_REQUESTS_FD, AGENT_EVENTS_FD] {
         if !targets.contains(&unused) {
             // SAFETY: closing a launcher descriptor in our copy of the table.
             unsafe { libc::close(unused) };
@@ -469,7 +469,8 @@ fn write_files(spec: &LaunchSpec) -> Step {
 }
 
 /// Agent mode: PID 1 becomes the agent, which keeps its privileges inside the sandbox (it
-/// confines each process it starts) and finds its control socket on AGENT_CONTROL_FD.
+/// confines each process it starts) and finds its control pipes on AGENT_REQUESTS_FD and
+/// AGENT_EVENTS_FD.
 fn exec_agent() -> ! {
     let path = cstr(AGENT_PATH.as_bytes());
     let argv = [path.as_ptr(), std::ptr::null()];

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the server <-> launcher message format. Both sides are the same binary, but a
 /// launcher left running across an upgrade must refuse rather than misread.
-pub const LAUNCH_PROTOCOL_VERSION: u32 = 2;
+pub const LAUNCH_PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -53,8 +53,10 @@ pub struct AgentSpec {
 
 /// Where the agent binary appears inside a sandbox.
 pub const AGENT_PATH: &str = "/.faas/agent";
-/// The descriptor on which the agent finds its control socket.
-pub const AGENT_CONTROL_FD: i32 = 4;
+/// The descriptors on which the agent finds its control pipes: requests to read, events
+/// to write (see faas-agent's runtime).
+pub const AGENT_REQUESTS_FD: i32 = 4;
+pub const AGENT_EVENTS_FD: i32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BindMount {
@@ -74,9 +76,9 @@ pub struct FileSpec {
 }
 
 /// One launch request as it travels to the launcher. The file descriptors travel beside it
-/// (SCM_RIGHTS) in this order: stdin, stdout, stderr, status, the agent's control socket if
-/// `spec.agent` is set, the blob if `has_blob`, then `cgroup_fds` open `cgroup.procs` files
-/// the sandbox joins.
+/// (SCM_RIGHTS) in this order: stdin, stdout, stderr, status, the agent's two control pipe
+/// ends (requests, events) if `spec.agent` is set, else the blob if `has_blob`, then
+/// `cgroup_fds` open `cgroup.procs` files the sandbox joins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchMessage {
     pub version: u32,
