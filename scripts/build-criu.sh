@@ -20,6 +20,14 @@
 # unpacks the full Debian source with its patches. Work files live in
 # /var/tmp/faas-criu-build and are reused by the next run.
 #
+# faas's own patches (scripts/criu-patches/*.patch, written for this project)
+# are applied on top; the installed binary's stamp (STAMP: the patches' hash)
+# tells setup.sh whether the installed criu is current:
+#   0001: dump rlimits from /proc/<pid>/limits when prlimit() says EPERM.
+#         Sandboxed programs run as another user than CRIU, and prlimit() on
+#         another user's process needs CAP_SYS_RESOURCE, which the build hosts'
+#         root does not have.
+#
 # Usage: build-criu.sh              fetch, build, install, verify
 #        build-criu.sh --print-deps  print the apt packages the build needs
 set -euo pipefail
@@ -27,6 +35,8 @@ set -euo pipefail
 MIN_VERSION=4.2
 BUILD_DIR=${FAAS_CRIU_BUILD_DIR:-/var/tmp/faas-criu-build}
 DEST=/usr/local/sbin/criu
+STAMP=/usr/local/share/faas/criu.stamp
+PATCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches
 SRC_FILE=/etc/apt/sources.list.d/faas-sid-src.sources
 DEFAULT_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
@@ -34,14 +44,22 @@ DEFAULT_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # the binary; docs, python bindings and debhelper are not built), plus the
 # tools that `apt-get source` uses to fetch and unpack a 3.0 (quilt) package.
 BUILD_DEPS=(
-  build-essential pkg-config python3 dpkg-dev xz-utils ca-certificates
+  build-essential pkg-config python3 dpkg-dev xz-utils ca-certificates patch
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev
   libnl-3-dev libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler
   protobuf-compiler uuid-dev
 )
 
+# The hash of faas's patches: the stamp of a build.
+patches_hash() { cat "$PATCH_DIR"/*.patch 2>/dev/null | sha256sum | cut -c1-16; }
+
 if [[ ${1:-} == --print-deps ]]; then
   printf '%s\n' "${BUILD_DEPS[@]}"
+  exit 0
+fi
+if [[ ${1:-} == --stamp ]]; then
+  # What STAMP holds after a build of this checkout.
+  printf 'patches %s\n' "$(patches_hash)"
   exit 0
 fi
 
@@ -220,7 +238,8 @@ has "$orig" || die "could not fetch $orig (see $BUILD_DIR/fetch.log)"
 mode=upstream
 [[ -n $debtar ]] && has "$debtar" && has "$dsc" && mode=debian
 srcdir=$BUILD_DIR/criu-$upver
-if [[ $(cat "$srcdir/.faas-unpacked" 2>/dev/null || true) != "$mode $debver" ]]; then
+unpacked="$mode $debver patches $(patches_hash)"
+if [[ $(cat "$srcdir/.faas-unpacked" 2>/dev/null || true) != "$unpacked" ]]; then
   rm -rf "$srcdir"
   if [[ $mode == debian ]]; then
     log "unpacking Debian source package criu $debver"
@@ -232,7 +251,12 @@ if [[ $(cat "$srcdir/.faas-unpacked" 2>/dev/null || true) != "$mode $debver" ]];
     tar -xf "$orig" -C "$srcdir" --strip-components=1
   fi
   [[ -f $srcdir/Makefile ]] || die "unpacked source not found in $srcdir"
-  printf '%s %s\n' "$mode" "$debver" >"$srcdir/.faas-unpacked"
+  for p in "$PATCH_DIR"/*.patch; do
+    [[ -f $p ]] || continue
+    log "applying $(basename "$p")"
+    patch -d "$srcdir" -p1 --forward --quiet <"$p" || die "patch $p failed"
+  done
+  printf '%s\n' "$unpacked" >"$srcdir/.faas-unpacked"
 else
   log "reusing unpacked source $srcdir ($mode $debver)"
 fi
@@ -254,7 +278,9 @@ mv -f "$DEST.new" "$DEST"
 
 got=$(criu_version "$DEST")
 version_ge "$got" "$MIN_VERSION" || die "$DEST reports version '${got:-none}', need >= $MIN_VERSION"
-log "installed $DEST (version $got)"
+install -d -m 0755 "$(dirname "$STAMP")"
+printf 'patches %s\n' "$(patches_hash)" >"$STAMP"
+log "installed $DEST (version $got, faas patches $(patches_hash))"
 
 # `criu check` fails on any missing feature, including non-essential ones:
 # report it, do not fail on it.

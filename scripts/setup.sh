@@ -3,8 +3,8 @@
 # Quiet and fast when everything is present; prints what it installs otherwise.
 #  - Debian packages, installed only if missing (one `apt-get update`, only
 #    when something must be installed);
-#  - CRIU >= 4.2, built from Debian sid's source package by build-criu.sh when
-#    neither `criu` on PATH nor /usr/local/sbin/criu is recent enough.
+#  - CRIU >= 4.2 with faas's patches (scripts/criu-patches), built from Debian
+#    sid's source package by build-criu.sh into /usr/local/sbin/criu.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,14 +34,14 @@ criu_version() {
 }
 version_ge() { [[ -n $1 && $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1) == "$2" ]]; }
 
-# Prints "path version" of the first CRIU >= CRIU_MIN (PATH, then /usr/local/sbin).
+# Prints "path version" when /usr/local/sbin/criu is >= CRIU_MIN and built with
+# this checkout's patches (build-criu.sh's stamp).
 criu_ok() {
-  local c v
-  for c in "$(command -v criu 2>/dev/null || true)" /usr/local/sbin/criu; do
-    [[ -n $c && -x $c ]] || continue
-    v=$(criu_version "$c")
-    version_ge "$v" "$CRIU_MIN" && { printf '%s %s\n' "$c" "$v"; return 0; }
-  done
+  local c=/usr/local/sbin/criu v
+  [[ -x $c ]] || return 1
+  [[ $(cat /usr/local/share/faas/criu.stamp 2>/dev/null || true) == "$("$BUILD_CRIU" --stamp)" ]] || return 1
+  v=$(criu_version "$c")
+  version_ge "$v" "$CRIU_MIN" && { printf '%s %s\n' "$c" "$v"; return 0; }
   return 1
 }
 
