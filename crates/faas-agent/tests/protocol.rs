@@ -1,11 +1,10 @@
-//! The agent binary driven over its socket, outside any sandbox (root needed: it confines
-//! the processes it starts). Covers the requests no HTTP route uses yet: file reads, TCP
-//! relays, signals, pings.
+//! The agent binary driven over its control pipes, outside any sandbox (root needed: it
+//! confines the processes it starts). Covers the requests no HTTP route uses yet: file
+//! reads, TCP relays, signals, pings, pause and resume.
 
-use std::io::{Read, Write};
+use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,7 +13,8 @@ use faas_agent::protocol::{self, Confine, Event, PtySize, Request, Stream};
 
 struct Agent {
     child: Child,
-    sock: UnixStream,
+    requests: PipeWriter,
+    events: PipeReader,
     buf: Vec<u8>,
 }
 
@@ -25,39 +25,53 @@ fn is_root() -> bool {
 
 impl Agent {
     fn start() -> Self {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let theirs = OwnedFd::from(theirs);
-        let fd = theirs.as_raw_fd();
+        let (agent_requests, requests) = std::io::pipe().expect("pipe");
+        let (events, agent_events) = std::io::pipe().expect("pipe");
+        let (agent_requests, agent_events) =
+            (OwnedFd::from(agent_requests), OwnedFd::from(agent_events));
+        let fds = [
+            (agent_requests.as_raw_fd(), faas_agent::runtime::REQUESTS_FD),
+            (agent_events.as_raw_fd(), faas_agent::runtime::EVENTS_FD),
+        ];
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas-agent"));
         cmd.stdin(Stdio::null());
-        // SAFETY: only dup2 between fork and exec.
+        // SAFETY: only fcntl and dup2 between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                let target = faas_agent::runtime::CONTROL_FD;
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                let ok = if fd == target {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, target)
-                };
-                if ok < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // Out of the way of the targets first, then onto them.
+                let high: Vec<i32> =
+                    fds.iter().map(|(fd, _)| libc::fcntl(*fd, libc::F_DUPFD, 64)).collect();
+                for (fd, (_, target)) in high.iter().zip(fds) {
+                    if *fd < 0 || libc::dup2(*fd, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
         }
         let child = cmd.spawn().expect("spawn agent");
-        drop(theirs);
-        ours.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        let mut agent = Self { child, sock: ours, buf: Vec::new() };
-        assert_eq!(agent.next().0, Event::Hello { version: protocol::VERSION });
+        drop((agent_requests, agent_events));
+        let mut agent = Self { child, requests, events, buf: Vec::new() };
+        assert_eq!(agent.next().0, Event::Hello { version: protocol::VERSION, next_id: 1 });
         agent
     }
 
     fn send(&mut self, request: &Request, data: &[u8]) {
         let mut frame = Vec::new();
         protocol::encode(request, data, &mut frame);
-        self.sock.write_all(&frame).expect("send");
+        self.requests.write_all(&frame).expect("send");
+    }
+
+    /// Whether an event arrives within `wait`.
+    fn quiet_for(&mut self, wait: Duration) -> bool {
+        protocol::decode(&self.buf).expect("valid frame").is_none() && !self.readable(wait)
+    }
+
+    fn readable(&self, wait: Duration) -> bool {
+        let mut pfd =
+            libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) > 0 }
     }
 
     fn next(&mut self) -> (Event, Vec<u8>) {
@@ -68,8 +82,9 @@ impl Agent {
                 self.buf.drain(..used);
                 return (event, data);
             }
+            assert!(self.readable(Duration::from_secs(20)), "no event within 20 s");
             let mut chunk = [0u8; 65536];
-            let n = self.sock.read(&mut chunk).expect("read");
+            let n = self.events.read(&mut chunk).expect("read");
             assert!(n > 0, "the agent hung up");
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -358,4 +373,50 @@ fn a_process_can_run_on_a_terminal_that_resizes() {
     // Lines end in CR LF on a terminal; the typed line is echoed.
     assert!(out.contains("40 100\r\n"), "{out}");
     assert!(out.contains("go\r\n30 120\r\n"), "{out}");
+}
+
+#[test]
+fn a_paused_agent_says_nothing_and_a_restored_one_forgets_its_old_host() {
+    if !is_root() {
+        eprintln!("SKIPPED: the agent needs root to confine what it starts");
+        return;
+    }
+    let mut agent = Agent::start();
+    // A process that prints every 50 ms.
+    let argv = ["/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"];
+    let exec = Request::Exec {
+        id: 7,
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        confine: confine("/tmp"),
+        timeout_ms: Some(20_000),
+        stdin: false,
+        pty: None,
+    };
+    agent.send(&exec, &[]);
+    assert!(matches!(agent.next().0, Event::Started { id: 7, .. }));
+    agent.send(&Request::Pause { id: 8 }, &[]);
+    loop {
+        match agent.next().0 {
+            Event::Paused { id: 8 } => break,
+            Event::Output { id: 7, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(agent.quiet_for(Duration::from_millis(300)), "a paused agent sent an event");
+    agent.send(&Request::Resume { id: 9, restored: false }, &[]);
+    assert_eq!(agent.next().0, Event::Done { id: 9, size: 0 });
+    assert!(matches!(agent.next().0, Event::Output { id: 7, .. }), "output flows again");
+    // What a restored copy hears first on its new pipes: its old requests go quiet.
+    agent.send(&Request::Resume { id: 0, restored: true }, &[]);
+    let hello = loop {
+        match agent.next().0 {
+            Event::Output { id: 7, .. } => {}
+            other => break other,
+        }
+    };
+    assert_eq!(hello, Event::Hello { version: protocol::VERSION, next_id: 10 });
+    assert!(agent.quiet_for(Duration::from_millis(300)), "events of old requests went on");
+    agent.send(&Request::Ping { id: 10 }, &[]);
+    assert_eq!(agent.next().0, Event::Pong { id: 10 });
 }

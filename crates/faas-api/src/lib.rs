@@ -404,6 +404,9 @@ pub struct Instance {
     pub last_activity_ms: u64,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// The snapshot it was restored (or branched) from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,4 +516,86 @@ pub struct KillRequest {
     /// A signal name (`SIGTERM`) or number; SIGKILL when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/snapshots`: capture a running instance's processes and files (or a
+/// stopped instance's files).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    pub instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Stop the instance once it is captured (it keeps running by default).
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// Processes (memory, open files, sockets) and files: a restore continues where the
+    /// instance was.
+    Memory,
+    /// Files only (the instance was not running): a restore boots on them.
+    Filesystem,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: Option<String>,
+    pub kind: SnapshotKind,
+    /// The instance it was taken from.
+    pub instance_id: String,
+    /// The snapshot that instance came from, if any: the lineage.
+    pub parent_id: Option<String>,
+    pub image: String,
+    pub limits: InstanceLimits,
+    pub metadata: BTreeMap<String, String>,
+    /// Bytes on disk: process images and the disk image's data.
+    pub size_bytes: u64,
+    /// How long the capture held the instance still.
+    pub capture_ms: f64,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /api/v1/snapshots/{id}/restore` (the body is optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSnapshotRequest {
+    /// The new instance's metadata (default: the snapshot's instance's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /api/v1/branches`: `count` new instances from one state: a snapshot, or a
+/// running instance (snapshotted first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchResponse {
+    pub snapshot_id: String,
+    pub instances: Vec<Instance>,
 }

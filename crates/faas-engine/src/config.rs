@@ -28,7 +28,25 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pools: PoolConfig,
     pub instances: InstanceConfig,
+    pub snapshots: SnapshotConfig,
     pub ssh: SshConfig,
+}
+
+/// Snapshots and branches (CRIU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The CRIU binary (>= 4.2, with faas's patches: scripts/build-criu.sh).
+    pub criu_path: PathBuf,
+    pub max_per_tenant: usize,
+    /// The most instances one branch call may make.
+    pub max_branches: u32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self { criu_path: "/usr/local/sbin/criu".into(), max_per_tenant: 100, max_branches: 16 }
+    }
 }
 
 /// The built-in SSH server (logins into instances).
@@ -145,6 +163,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             pools: PoolConfig::default(),
             instances: InstanceConfig::default(),
+            snapshots: SnapshotConfig::default(),
             ssh: SshConfig::default(),
         }
     }

@@ -12,6 +12,7 @@ mod instances;
 mod languages;
 mod plan;
 mod pool;
+mod snapshots;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct Engine {
     pools: Arc<Pools>,
     contexts: contexts::Contexts,
     instances: instances::Instances,
+    /// CRIU, or why this host cannot capture running instances.
+    criu: Result<faas_sandbox::Criu, String>,
 }
 
 fn startup(
@@ -83,7 +86,12 @@ impl Engine {
         if let Err(e) = pools.agent() {
             tracing::warn!(error = %e, "cached mode and contexts are unavailable");
         }
+        let criu = faas_sandbox::Criu::detect(&config.snapshots.criu_path);
+        if let Err(why) = &criu {
+            tracing::warn!(%why, "snapshots of running instances are unavailable");
+        }
         let engine = Arc::new(Self {
+            criu,
             admission: Arc::new(Semaphore::new(config.max_concurrent_sandboxes)),
             sandboxes,
             images: Box::new(images),
@@ -94,6 +102,7 @@ impl Engine {
             config,
         });
         engine.recover_instances().await?;
+        engine.clear_partial_snapshots();
         contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
         instances::spawn_janitor(Arc::downgrade(&engine));
         Ok(engine)

@@ -67,6 +67,9 @@ impl ApiError {
                 EngineError::Sandbox(RunError::Setup { .. }) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed")
                 }
+                EngineError::Sandbox(RunError::Checkpoint(_)) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "checkpoint_failed")
+                }
                 EngineError::Sandbox(_) | EngineError::Store(_) | EngineError::Startup { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
@@ -117,7 +120,9 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "request failed");
             match &self {
                 // The failing setup step is useful to the operator and reveals nothing.
-                ApiError::Engine(EngineError::Sandbox(e @ RunError::Setup { .. })) => e.to_string(),
+                ApiError::Engine(EngineError::Sandbox(
+                    e @ (RunError::Setup { .. } | RunError::Checkpoint(_)),
+                )) => e.to_string(),
                 _ => "internal error; the server log has the details".into(),
             }
         } else {

@@ -36,11 +36,17 @@ pub struct ExecRequest {
 ///
 /// [`destroy`]: AgentSandbox::destroy
 pub struct AgentSandbox {
-    id: String,
-    sandboxes: Arc<Sandboxes>,
-    cgroup: std::sync::Mutex<Option<Cgroup>>,
-    pidfd: Arc<OwnedFd>,
-    agent: Arc<AgentClient>,
+    pub(crate) id: String,
+    pub(crate) sandboxes: Arc<Sandboxes>,
+    pub(crate) cgroup: std::sync::Mutex<Option<Cgroup>>,
+    pub(crate) pidfd: Arc<OwnedFd>,
+    /// PID 1 as the host sees it.
+    pub(crate) pid: i32,
+    /// What the sandbox was built from (a checkpoint records it).
+    pub(crate) spec: LaunchSpec,
+    /// The agent's control pipes' inodes (requests, events): a checkpoint names them so.
+    pub(crate) pipe_inodes: (u64, u64),
+    pub(crate) agent: Arc<AgentClient>,
     pub created_at: Instant,
     pub limits: Limits,
     /// The sandbox user: files are read and written with its identity.
@@ -61,17 +67,33 @@ impl Sandboxes {
     ) -> Result<AgentSandbox, RunError> {
         debug_assert!(spec.agent.is_some(), "start_agent needs spec.agent");
         let cgroup = self.cgroups().create(&id, &limits)?;
-        match self.launch_agent(&id, &spec, &cgroup).await {
-            Ok((pidfd, agent)) => Ok(AgentSandbox {
+        let started = self.launch_agent(&id, &spec, &cgroup).await;
+        self.agent_sandbox(id, cgroup, spec, limits, started).await
+    }
+
+    /// Wraps a started (or restored) agent, or cleans up after one that failed to start.
+    pub(crate) async fn agent_sandbox(
+        self: &Arc<Self>,
+        id: String,
+        cgroup: Cgroup,
+        spec: LaunchSpec,
+        limits: Limits,
+        started: Result<StartedAgent, RunError>,
+    ) -> Result<AgentSandbox, RunError> {
+        match started {
+            Ok(StartedAgent { pid, pidfd, agent, pipe_inodes }) => Ok(AgentSandbox {
                 id,
                 sandboxes: Arc::clone(self),
                 cgroup: std::sync::Mutex::new(Some(cgroup)),
                 pidfd,
+                pid,
+                pipe_inodes,
                 agent: Arc::new(agent),
                 created_at: Instant::now(),
                 limits,
                 uid: spec.uid,
                 gid: spec.gid,
+                spec,
                 killed: std::sync::atomic::AtomicBool::new(false),
                 uses: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -93,10 +115,11 @@ impl Sandboxes {
         id: &str,
         spec: &LaunchSpec,
         cgroup: &Cgroup,
-    ) -> Result<(Arc<OwnedFd>, AgentClient), RunError> {
+    ) -> Result<StartedAgent, RunError> {
         let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
         let (status_r, status_w) = pipe_pair()?;
         let pipes = ControlPipes::new().map_err(RunError::Io)?;
+        let pipe_inodes = pipes.inodes().map_err(RunError::Io)?;
         // The agent's own stdout and stderr go to the server's stderr (its log) until it
         // has started.
         let fds = vec![
@@ -107,7 +130,7 @@ impl Sandboxes {
             pipes.agent_requests.as_raw_fd(),
             pipes.agent_events.as_raw_fd(),
         ];
-        let launched = self.launch(id, spec, cgroup, fds, false).await?;
+        let launched = self.launch(id, spec, cgroup, fds, false, None).await?;
         let ControlPipes { host_requests, host_events, agent_requests, agent_events } = pipes;
         drop((status_w, agent_requests, agent_events, devnull));
         // EOF on the status pipe: PID 1 exec'd the agent (or wrote why it could not).
@@ -122,13 +145,26 @@ impl Sandboxes {
             return Err(RunError::Setup { stage: "agent start".into(), errno: libc::ETIMEDOUT });
         }
         let agent = AgentClient::connect(host_requests, host_events).await?;
-        Ok((launched.pidfd, agent))
+        Ok(StartedAgent { pid: launched.pid, pidfd: launched.pidfd, agent, pipe_inodes })
     }
+}
+
+/// An agent that answered, before it is wrapped into an [`AgentSandbox`].
+pub(crate) struct StartedAgent {
+    pub pid: i32,
+    pub pidfd: Arc<OwnedFd>,
+    pub agent: AgentClient,
+    pub pipe_inodes: (u64, u64),
 }
 
 impl AgentSandbox {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// PID 1 as the host sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     pub(crate) fn agent(&self) -> Arc<AgentClient> {

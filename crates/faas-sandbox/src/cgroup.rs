@@ -10,7 +10,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Controllers every sandbox needs.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+/// `freezer` holds a sandbox still while it is checkpointed.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 /// CFS period for the CPU quota.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -374,6 +375,8 @@ impl Cgroup {
 
     /// SIGKILLs every process left in the cgroup.
     pub fn kill_all(&self) {
+        // A frozen task only dies once thawed.
+        let _ = self.freezer().thaw();
         for dir in self.dirs() {
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -382,6 +385,15 @@ impl Cgroup {
                 }
             }
         }
+    }
+
+    /// The sandbox's freezer (CRIU freezes through its directory, `--freeze-cgroup`).
+    pub fn freezer(&self) -> Freezer {
+        let dir = match self.version {
+            CgroupVersion::V1 => self.dir_of("freezer"),
+            CgroupVersion::V2 => self.dir_of(""),
+        };
+        Freezer { version: self.version, dir }
     }
 
     /// Removes the cgroup, retrying briefly while dying processes leave it.
@@ -455,6 +467,60 @@ fn read_key(path: &Path, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Holds every process of a sandbox still (a checkpoint's disk copy and dump).
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    version: CgroupVersion,
+    pub dir: PathBuf,
+}
+
+impl Freezer {
+    fn write(&self, frozen: bool) -> Result<(), CgroupError> {
+        match self.version {
+            CgroupVersion::V1 => {
+                write(&self.dir.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" })
+            }
+            CgroupVersion::V2 => {
+                write(&self.dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+            }
+        }
+    }
+
+    fn is_frozen(&self) -> bool {
+        match self.version {
+            CgroupVersion::V1 => fs::read_to_string(self.dir.join("freezer.state"))
+                .is_ok_and(|s| s.trim() == "FROZEN"),
+            CgroupVersion::V2 => fs::read_to_string(self.dir.join("cgroup.events"))
+                .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1")),
+        }
+    }
+
+    /// Freezes and waits until the kernel says every process is.
+    pub async fn freeze(&self) -> Result<(), CgroupError> {
+        for attempt in 0..400 {
+            // Freezing can stall on a task in the middle of something; asking again helps
+            // (cgroup v1).
+            if attempt % 20 == 0 {
+                self.write(true)?;
+            }
+            if self.is_frozen() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = self.write(false);
+        Err(CgroupError::Io {
+            path: self.dir.clone(),
+            op: "freeze",
+            source: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        })
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.write(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +529,7 @@ mod tests {
 35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
 36 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
 37 25 0:32 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids
+39 25 0:34 / /sys/fs/cgroup/freezer rw,relatime shared:16 - cgroup cgroup rw,freezer
 38 25 0:33 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw
 ";
 
@@ -472,7 +539,7 @@ mod tests {
         assert_eq!(root.version(), CgroupVersion::V1);
         let cpu = root.parents.iter().find(|(c, _)| *c == "cpuacct").map(|(_, d)| d.clone());
         assert_eq!(cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/faas")));
-        assert_eq!(root.dirs().len(), 3);
+        assert_eq!(root.dirs().len(), 4);
     }
 
     #[test]

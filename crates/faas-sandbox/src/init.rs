@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use faas_confine::{Confinement, Failure, Filters, check, errno};
 
-use crate::spec::{AGENT_EVENTS_FD, AGENT_PATH, AGENT_REQUESTS_FD, LaunchMessage, LaunchSpec};
+use crate::spec::{
+    AGENT_EVENTS_FD, AGENT_PATH, AGENT_REQUESTS_FD, LaunchMessage, LaunchSpec, RestoreSpec,
+};
 
 /// Where the sandbox's file descriptors sit once arranged (the agent's pipes take 4 and 5
 /// in agent mode, which has no blob).
@@ -115,15 +117,23 @@ fn arrange_fds(msg: &LaunchMessage, fds: &[i32]) -> Step {
     check(unsafe { libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC) }, "fds")
 }
 
-fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
-    // SAFETY (whole block): plain syscalls on valid C strings and descriptors we own.
+/// Moves this process into the sandbox's cgroups and a cgroup namespace rooted there.
+fn join_cgroups(cgroup_fds: usize) -> Step {
+    // SAFETY: writes to and closes descriptors we own; unshare has no preconditions.
     unsafe {
         for i in 0..cgroup_fds as i32 {
             // "0" moves the writing process; our pid here would be 1, not the host's.
             check(libc::write(FD_FIRST_CGROUP + i, b"0".as_ptr().cast(), 1) as i32, "cgroup join")?;
             libc::close(FD_FIRST_CGROUP + i);
         }
-        check(libc::unshare(libc::CLONE_NEWCGROUP), "cgroup namespace")?;
+        check(libc::unshare(libc::CLONE_NEWCGROUP), "cgroup namespace")
+    }
+}
+
+fn setup(ctx: &Context, spec: &LaunchSpec, cgroup_fds: usize) -> Step {
+    join_cgroups(cgroup_fds)?;
+    // SAFETY (whole block): plain syscalls on valid C strings and descriptors we own.
+    unsafe {
         // If the launcher dies, so does this sandbox (and with PID 1, all of it).
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), "pdeathsig")?;
         // The launcher ignores SIGCHLD (the kernel reaps for it); PID 1 must wait itself.
@@ -173,10 +183,10 @@ fn bind_read_only(source: &Path, target: &Path) -> Step {
     mount("none", target, "", flags, "", "bind mount read-only")
 }
 
-/// Builds the root filesystem in the private mount namespace and pivots into it:
-/// tmpfs scratch -> overlay(image, scratch) -> read-only binds, /proc, /dev, /tmp.
-fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
-    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC};
+/// The root filesystem's layers in the private mount namespace: the scratch tmpfs, the
+/// disk image if any, and the overlay of the image on them. Returns the overlay's path.
+fn mount_layers(ctx: &Context, spec: &LaunchSpec) -> Result<PathBuf, Failure> {
+    use libc::{MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_REC};
     mount("none", Path::new("/"), "", MS_REC | MS_PRIVATE, "", "make mounts private")?;
     let scratch = &ctx.scratch;
     let size = spec.scratch_bytes;
@@ -213,6 +223,15 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         work.display()
     );
     mount("overlay", &root, "overlay", MS_NOSUID, &options, "overlay root")?;
+    Ok(root)
+}
+
+/// Builds the root filesystem in the private mount namespace and pivots into it:
+/// tmpfs scratch -> overlay(image, scratch) -> read-only binds, /proc, /dev, /tmp.
+fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
+    let root = mount_layers(ctx, spec)?;
+    let size = spec.scratch_bytes;
     for bind in &spec.binds {
         bind_read_only(&bind.source, &root.join(bind.target.trim_start_matches('/')))?;
     }
@@ -466,6 +485,102 @@ fn write_files(spec: &LaunchSpec) -> Step {
         unsafe { libc::close(FD_BLOB) };
     }
     Ok(())
+}
+
+/// The restore helper, a plain fork of the launcher in the host's namespaces: it joins
+/// the new sandbox's cgroups (and a cgroup namespace rooted there, which the restored
+/// tree inherits), builds the root filesystem's layers in a mount namespace of its own,
+/// and runs `criu restore` on them with the agent's new control pipes in place of the
+/// checkpoint's. CRIU detaches the restored tree and exits; the launcher (a subreaper)
+/// inherits it. Reports `restored <pid>`, `criu <exit status>` or `setup <stage> <errno>`.
+pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
+    if arrange_fds(msg, fds).is_err() {
+        // SAFETY: see fail().
+        unsafe { libc::_exit(1) }
+    }
+    let Some(restore) = &msg.restore else {
+        fail("setup", Failure { stage: "restore spec", errno: libc::EINVAL })
+    };
+    let root = match restore_setup(ctx, msg) {
+        Ok(root) => root,
+        Err(f) => fail("setup", f),
+    };
+    let args = criu_restore_args(restore, &root);
+    let argv: Vec<*const libc::c_char> =
+        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let path_env = cstr(b"PATH=/usr/sbin:/usr/bin:/sbin:/bin");
+    let env = [path_env.as_ptr(), std::ptr::null()];
+    // SAFETY: fork of a single-threaded process; the child only execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: execve with NULL-terminated arrays of valid C strings.
+        unsafe {
+            libc::execve(argv[0], argv.as_ptr(), env.as_ptr());
+            libc::_exit(127)
+        }
+    }
+    if pid < 0 {
+        fail("setup", Failure { stage: "fork criu", errno: errno() });
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && errno() == libc::EINTR {}
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 };
+    if code != 0 {
+        report(&format!("criu {code}\n"));
+        // SAFETY: see fail().
+        unsafe { libc::_exit(1) }
+    }
+    match std::fs::read_to_string(restore.work_dir.join("restored.pid")) {
+        Ok(pid) => report(&format!("restored {}\n", pid.trim())),
+        Err(e) => report(&format!("setup pidfile {}\n", e.raw_os_error().unwrap_or(libc::EIO))),
+    }
+    // SAFETY: see fail().
+    unsafe { libc::_exit(0) }
+}
+
+fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<PathBuf, Failure> {
+    join_cgroups(msg.cgroup_fds)?;
+    // SAFETY: plain syscalls without pointers.
+    unsafe {
+        // The helper must not outlive the launcher; CRIU, its child, must be waited for.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), "pdeathsig")?;
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        check(libc::unshare(libc::CLONE_NEWNS), "mount namespace")?;
+        libc::umask(0);
+    }
+    mount_layers(ctx, &msg.spec)
+}
+
+fn criu_restore_args(restore: &RestoreSpec, root: &Path) -> Vec<CString> {
+    let mut args: Vec<String> = vec![
+        restore.criu.to_string_lossy().into_owned(),
+        "restore".into(),
+        "--images-dir".into(),
+        restore.images.to_string_lossy().into_owned(),
+        "--work-dir".into(),
+        restore.work_dir.to_string_lossy().into_owned(),
+        "--log-file".into(),
+        "restore.log".into(),
+        "--pidfile".into(),
+        "restored.pid".into(),
+        "--root".into(),
+        root.to_string_lossy().into_owned(),
+        "--restore-detached".into(),
+        // The helper already put itself (so the restored tree) in the new cgroups.
+        "--manage-cgroups=ignore".into(),
+        // Connections of the checkpoint cannot continue in a copy.
+        "--tcp-close".into(),
+        "--inherit-fd".into(),
+        format!("fd[{AGENT_REQUESTS_FD}]:pipe:[{}]", restore.pipe_inodes.0),
+        "--inherit-fd".into(),
+        format!("fd[{AGENT_EVENTS_FD}]:pipe:[{}]", restore.pipe_inodes.1),
+    ];
+    for (key, path) in &restore.externals {
+        args.push("--external".into());
+        args.push(format!("mnt[{key}]:{}", path.display()));
+    }
+    args.into_iter().map(|a| cstr(a.as_bytes())).collect()
 }
 
 /// Agent mode: PID 1 becomes the agent, which keeps its privileges inside the sandbox (it

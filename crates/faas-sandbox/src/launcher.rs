@@ -325,7 +325,12 @@ pub fn launcher_main(scratch_dir: PathBuf) -> ! {
         match serde_json::from_slice::<LaunchMessage>(&body) {
             Ok(msg) if msg.version == LAUNCH_PROTOCOL_VERSION => {
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                match clone_sandbox(&ctx, &msg, &raw) {
+                let cloned = if msg.restore.is_some() {
+                    clone_child(0, || init::restore(&ctx, &msg, &raw))
+                } else {
+                    clone_sandbox(&ctx, &msg, &raw)
+                };
+                match cloned {
                     Ok((pid, pidfd)) => {
                         drop(fds);
                         send_reply(&LaunchReply::Started { pid }, Some(pidfd.as_raw_fd()));
@@ -349,7 +354,13 @@ pub fn launcher_main(scratch_dir: PathBuf) -> ! {
 fn prepare(scratch: PathBuf) -> Result<Context, String> {
     // The kernel reaps our children; the server watches them through pidfds.
     // SAFETY: setting a signal disposition in a single-threaded process.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // Restored sandboxes are CRIU's children until it detaches them: as a subreaper the
+    // launcher inherits them like the sandboxes it clones itself.
+    // SAFETY: as above; prctl with integer arguments.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+    }
     std::fs::create_dir_all(&scratch)
         .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
     let filters = Filters::build().map_err(|e| e.to_string())?;
@@ -359,14 +370,19 @@ fn prepare(scratch: PathBuf) -> Result<Context, String> {
 
 /// clone3 into new pid, mount, network, uts and ipc namespaces, with a pidfd.
 fn clone_sandbox(ctx: &Context, msg: &LaunchMessage, fds: &[RawFd]) -> io::Result<(i32, OwnedFd)> {
+    let namespaces = libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC;
+    clone_child(namespaces, || init::run(ctx, msg, fds))
+}
+
+/// clone3 with `namespaces` and a pidfd; the child runs `child` (which execs or exits).
+fn clone_child(namespaces: libc::c_int, child: impl FnOnce()) -> io::Result<(i32, OwnedFd)> {
     let mut pidfd: libc::c_int = -1;
     let args = CloneArgs {
-        flags: (libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_PIDFD) as u64,
+        flags: (namespaces | libc::CLONE_PIDFD) as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -378,7 +394,11 @@ fn clone_sandbox(ctx: &Context, msg: &LaunchMessage, fds: &[RawFd]) -> io::Resul
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
-        0 => init::run(ctx, msg, fds),
+        0 => {
+            child();
+            // SAFETY: _exit in the child; never reached, the child functions end the process.
+            unsafe { libc::_exit(1) }
+        }
         pid => {
             // SAFETY: the kernel wrote a fresh pidfd for us.
             Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))

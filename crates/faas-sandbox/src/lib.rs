@@ -10,10 +10,12 @@
 //!   usage and cleanup, whatever happens.
 //! - [`agent`] and `agent_sandbox`: long-lived sandboxes whose PID 1 is the agent
 //!   (crate `faas-agent`), driven over the agent protocol.
+//! - [`checkpoint`]: CRIU checkpoints of agent sandboxes and restores from them.
 
 pub mod agent;
 mod agent_sandbox;
 pub mod cgroup;
+pub mod checkpoint;
 mod init;
 pub mod launcher;
 pub mod run;
@@ -22,6 +24,7 @@ pub mod spec;
 
 pub use agent_sandbox::{AgentSandbox, ExecRequest};
 pub use cgroup::{CgroupError, CgroupRoot, CgroupVersion, Limits};
+pub use checkpoint::{CheckpointRecord, Criu};
 pub use faas_agent::protocol::{Confine, PtySize, Stream};
 pub use launcher::{LaunchError, LauncherClient};
 pub use run::{OutputChunk, RunEnd, RunError, RunIo, RunOutcome, RunRequest, Sandboxes};

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::agent::AgentError;
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, CgroupUsage, Limits};
 use crate::launcher::{LaunchError, LauncherClient};
-use crate::spec::{LAUNCH_PROTOCOL_VERSION, LaunchMessage, LaunchSpec};
+use crate::spec::{LAUNCH_PROTOCOL_VERSION, LaunchMessage, LaunchSpec, RestoreSpec};
 
 /// How long a killed sandbox may take to disappear before we call it a bug.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -45,6 +45,9 @@ pub enum RunError {
     Unkillable,
     #[error("the run's task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// CRIU could not checkpoint or restore the sandbox; the message says why.
+    #[error("{0}")]
+    Checkpoint(String),
 }
 
 /// A piece of output as it arrives, for callers that stream.
@@ -169,6 +172,7 @@ pub struct Sandboxes {
 
 /// A sandbox just launched: its cgroup and its PID 1's pidfd.
 pub(crate) struct Launched {
+    pub pid: i32,
     pub pidfd: Arc<OwnedFd>,
     pub started_at: Instant,
 }
@@ -221,6 +225,7 @@ impl Sandboxes {
         cgroup: &Cgroup,
         mut fds: Vec<RawFd>,
         has_blob: bool,
+        restore: Option<RestoreSpec>,
     ) -> Result<Launched, RunError> {
         let procs = cgroup.procs_files()?;
         fds.extend(procs.iter().map(|f| f.as_raw_fd()));
@@ -229,6 +234,7 @@ impl Sandboxes {
             spec: spec.clone(),
             has_blob,
             cgroup_fds: procs.len(),
+            restore,
         };
         let started_at = Instant::now();
         let launched = self.launcher.launch(&msg, &fds).await?;
@@ -238,7 +244,7 @@ impl Sandboxes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), Arc::clone(&pidfd));
-        Ok(Launched { pidfd, started_at })
+        Ok(Launched { pid: launched.pid, pidfd, started_at })
     }
 
     pub(crate) fn unregister(&self, id: &str) {
@@ -276,7 +282,7 @@ impl Sandboxes {
             status_w.as_raw_fd(),
         ];
         fds.extend(blob.as_ref().map(|b| b.as_raw_fd()));
-        let launched = self.launch(&req.id, &req.spec, cgroup, fds, blob.is_some()).await?;
+        let launched = self.launch(&req.id, &req.spec, cgroup, fds, blob.is_some(), None).await?;
         // Our copies of the sandbox's ends must go, or we would never see EOF.
         drop((stdin_r, stdout_w, stderr_w, status_w, blob));
         let pidfd = launched.pidfd;

@@ -85,6 +85,27 @@ pub struct LaunchMessage {
     pub spec: LaunchSpec,
     pub has_blob: bool,
     pub cgroup_fds: usize,
+    /// Instead of a new sandbox, restore one from a checkpoint: the launcher forks a
+    /// helper that joins the cgroups, builds the root filesystem of `spec` in a mount
+    /// namespace of its own and runs `criu restore` there. Its status line is
+    /// `restored <pid>` or `setup <stage> <errno>`; the reply's pidfd is the helper's.
+    #[serde(default)]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// A checkpoint to restore, and how its outside references map to this host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    pub criu: PathBuf,
+    /// CRIU's image directory (read only).
+    pub images: PathBuf,
+    /// Where CRIU writes its log and pid file.
+    pub work_dir: PathBuf,
+    /// The inodes the checkpoint knows the agent's control pipes by (requests, events):
+    /// the pipes passed with this message take their place.
+    pub pipe_inodes: (u64, u64),
+    /// External mounts of the checkpoint (key, host path): the binds and the agent.
+    pub externals: Vec<(String, PathBuf)>,
 }
 
 /// The launcher's answer; on success the sandbox's pidfd travels beside it.

@@ -1,11 +1,11 @@
-//! Durable state: API keys, execution records, instances and their credentials. [`Store`] is what the engine and the
+//! Durable state: API keys, execution records, instances and their credentials, snapshots. [`Store`] is what the engine and the
 //! gateway see; [`SqliteStore`] is the embedded default. A PostgreSQL implementation for
 //! clusters joins behind the same trait.
 
 mod sqlite;
 
 use async_trait::async_trait;
-use faas_api::{ExecutionResult, Instance, Role};
+use faas_api::{ExecutionResult, Instance, Role, Snapshot};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -98,6 +98,21 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, tenant: &str) -> Result<Vec<Instance>>;
     /// Every tenant's instances that are not deleted, with their tenant (start-up).
     async fn live_instances(&self) -> Result<Vec<(String, Instance)>>;
+
+    /// Records a snapshot with its manifest (what a restore needs, JSON).
+    async fn insert_snapshot(
+        &self,
+        tenant: &str,
+        snapshot: &Snapshot,
+        manifest: &str,
+    ) -> Result<()>;
+    /// One tenant's snapshot and its manifest; another tenant's, or a deleted one, is `None`.
+    async fn snapshot(&self, tenant: &str, id: &str) -> Result<Option<(Snapshot, String)>>;
+    /// A tenant's snapshots, oldest first; with `deleted` also the deleted ones (lineage).
+    async fn list_snapshots(&self, tenant: &str, deleted: bool) -> Result<Vec<Snapshot>>;
+    /// Marks a snapshot deleted (its record stays for the lineage); `false` when there is
+    /// none to delete.
+    async fn delete_snapshot(&self, tenant: &str, id: &str) -> Result<bool>;
 
     async fn insert_credential(&self, credential: Credential) -> Result<()>;
     /// The credential with this hash, unless revoked.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use faas_api::{ExecStatus, ExecutionResult, Instance, Role};
+use faas_api::{ExecStatus, ExecutionResult, Instance, Role, Snapshot};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Credential, CredentialKind, KeyRecord, Result, Store, StoreError};
@@ -54,6 +54,16 @@ const MIGRATIONS: &[&str] = &[
         revoked_at_ms INTEGER
     );
     CREATE INDEX instance_credentials_instance ON instance_credentials(instance_id, kind);",
+    // 4: snapshots (a deleted one keeps its row: the lineage of its children).
+    "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        deleted_at_ms INTEGER,
+        record TEXT NOT NULL,
+        manifest TEXT NOT NULL
+    );
+    CREATE INDEX snapshots_tenant ON snapshots(tenant, created_at_ms);",
 ];
 
 #[derive(Clone)]
@@ -214,6 +224,79 @@ impl Store for SqliteStore {
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             rows.iter().map(|(t, id, json)| Ok((t.clone(), decode_instance(id, json)?))).collect()
+        })
+        .await
+    }
+
+    async fn insert_snapshot(
+        &self,
+        tenant: &str,
+        snapshot: &Snapshot,
+        manifest: &str,
+    ) -> Result<()> {
+        let (tenant, id, created) =
+            (tenant.to_owned(), snapshot.id.clone(), snapshot.created_at_ms as i64);
+        let (json, manifest) =
+            (serde_json::to_string(snapshot).unwrap_or_default(), manifest.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO snapshots (id, tenant, created_at_ms, record, manifest) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, tenant, created, json, manifest])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot(&self, tenant: &str, id: &str) -> Result<Option<(Snapshot, String)>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.with(move |c| {
+            let row: Option<(String, String)> = c
+                .prepare_cached(
+                    "SELECT record, manifest FROM snapshots WHERE id = ?1 AND tenant = ?2 AND deleted_at_ms IS NULL",
+                )?
+                .query_row(params![id, tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            row.map(|(json, manifest)| {
+                serde_json::from_str(&json)
+                    .map(|s| (s, manifest))
+                    .map_err(|source| StoreError::Corrupt { id: id.clone(), source })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_snapshots(&self, tenant: &str, deleted: bool) -> Result<Vec<Snapshot>> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, record FROM snapshots WHERE tenant = ?1 AND (?2 OR deleted_at_ms IS NULL)
+                 ORDER BY created_at_ms, id",
+            )?;
+            let rows: Vec<(String, String)> = stmt
+                .query_map(params![tenant, deleted], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.iter()
+                .map(|(id, json)| {
+                    serde_json::from_str(json)
+                        .map_err(|source| StoreError::Corrupt { id: id.clone(), source })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, tenant: &str, id: &str) -> Result<bool> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let now = now_ms();
+        self.with(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE snapshots SET deleted_at_ms = ?3 WHERE id = ?1 AND tenant = ?2 AND deleted_at_ms IS NULL",
+                )?
+                .execute(params![id, tenant, now])?;
+            Ok(n > 0)
         })
         .await
     }

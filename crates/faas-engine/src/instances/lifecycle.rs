@@ -19,7 +19,12 @@ const MAX_METADATA: usize = 64;
 /// Distinguishes successive sandboxes (and cgroups) of one instance.
 static STARTS: AtomicU64 = AtomicU64::new(0);
 
-fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), EngineError> {
+/// A fresh name for an instance's next sandbox (and its cgroup).
+pub(crate) fn sandbox_id(instance_id: &str) -> String {
+    format!("{instance_id}_{}", STARTS.fetch_add(1, Ordering::Relaxed))
+}
+
+pub(crate) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), EngineError> {
     if metadata.len() > MAX_METADATA {
         return Err(invalid("metadata", format!("at most {MAX_METADATA} entries")));
     }
@@ -34,6 +39,43 @@ fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), EngineEr
 impl Engine {
     fn instance_dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("instances").join(id)
+    }
+
+    pub(crate) fn instance_disk(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("disk.img")
+    }
+
+    /// Records a new instance (status creating) and adds it to the registry, within the
+    /// tenant's quota.
+    pub(crate) async fn register_instance(
+        &self,
+        tenant: &Tenant,
+        mut record: Instance,
+    ) -> Result<Arc<Live>, EngineError> {
+        let max = self.config.instances.max_per_tenant;
+        let count = self.instances.lock().values().filter(|l| l.tenant == tenant.0).count();
+        if count >= max {
+            return Err(EngineError::Conflict {
+                message: format!("a tenant may hold at most {max} instances"),
+            });
+        }
+        let now = now_ms();
+        record.status = InstanceStatus::Creating;
+        record.created_at_ms = now;
+        record.started_at_ms = None;
+        record.last_activity_ms = now;
+        record.error = None;
+        self.store.put_instance(&tenant.0, &record).await?;
+        let live = Arc::new(Live {
+            tenant: tenant.0.clone(),
+            record: Mutex::new(record.clone()),
+            sandbox: Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+            processes: Default::default(),
+            attached: Default::default(),
+        });
+        self.instances.lock().insert(record.id, Arc::clone(&live));
+        Ok(live)
     }
 
     pub async fn create_instance(
@@ -71,12 +113,6 @@ impl Engine {
         }
         validate_metadata(&req.metadata)?;
         self.env(&image, req.env.clone())?;
-        let count = self.instances.lock().values().filter(|l| l.tenant == tenant.0).count();
-        if count >= c.max_per_tenant {
-            return Err(EngineError::Conflict {
-                message: format!("a tenant may hold at most {} instances", c.max_per_tenant),
-            });
-        }
 
         let now = now_ms();
         let record = Instance {
@@ -98,17 +134,9 @@ impl Engine {
             started_at_ms: None,
             last_activity_ms: now,
             error: None,
+            snapshot_id: None,
         };
-        self.store.put_instance(&tenant.0, &record).await?;
-        let live = Arc::new(Live {
-            tenant: tenant.0.clone(),
-            record: Mutex::new(record.clone()),
-            sandbox: Mutex::new(None),
-            lifecycle: tokio::sync::Mutex::new(()),
-            processes: Default::default(),
-            attached: Default::default(),
-        });
-        self.instances.lock().insert(record.id.clone(), Arc::clone(&live));
+        let live = self.register_instance(tenant, record.clone()).await?;
         let _guard = live.lifecycle.lock().await;
         if let Err(e) = self.make_disk(&record.id, disk_mb).await {
             self.transition(&live, InstanceStatus::Failed, Some(format!("creating its disk: {e}")))
@@ -155,9 +183,19 @@ impl Engine {
     }
 
     /// Starts the instance's sandbox on its disk: creating -> running (or failed).
-    async fn boot(&self, live: &Live) -> Result<Instance, EngineError> {
-        let record = live.record();
-        match self.start_sandbox(&record).await {
+    pub(crate) async fn boot(&self, live: &Live) -> Result<Instance, EngineError> {
+        let started = self.start_sandbox(&live.record()).await;
+        self.booted(live, started).await
+    }
+
+    /// Takes a started (or restored) sandbox into the instance: creating -> running, or
+    /// failed with why.
+    pub(crate) async fn booted(
+        &self,
+        live: &Live,
+        started: Result<AgentSandbox, EngineError>,
+    ) -> Result<Instance, EngineError> {
+        match started {
             Ok(sandbox) => {
                 *live.sandbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(sandbox));
                 self.transition(live, InstanceStatus::Running, None).await
@@ -173,7 +211,6 @@ impl Engine {
     async fn start_sandbox(&self, record: &Instance) -> Result<AgentSandbox, EngineError> {
         let agent = self.pools.agent()?.clone();
         let image = self.image(Some(&record.image))?;
-        let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let spec = LaunchSpec {
             argv: Vec::new(),
             env: Vec::new(),
@@ -187,7 +224,7 @@ impl Engine {
             gid: self.config.sandbox_gid,
             max_file_bytes: self.config.limits.max_file_mb << 20,
             max_open_files: self.config.limits.max_open_files,
-            disk_image: Some(self.instance_dir(&record.id).join("disk.img")),
+            disk_image: Some(self.instance_disk(&record.id)),
             agent: Some(AgentSpec { binary: agent }),
         };
         let limits = Limits {
@@ -196,7 +233,7 @@ impl Engine {
             // The agent (PID 1) counts too.
             pids: record.limits.pids + 1,
         };
-        Ok(self.sandboxes.start_agent(format!("{}_{n}", record.id), spec, limits).await?)
+        Ok(self.sandboxes.start_agent(sandbox_id(&record.id), spec, limits).await?)
     }
 
     pub async fn instance(&self, tenant: &Tenant, id: &str) -> Result<Instance, EngineError> {

@@ -25,6 +25,7 @@ use crate::{Engine, EngineError, Tenant};
 
 pub use exec::InstanceExecAnswer;
 pub use files::FileRead;
+pub(crate) use lifecycle::{sandbox_id, validate_metadata};
 pub use processes::Following;
 pub use session::{InstanceSession, SessionSpec};
 
@@ -33,8 +34,8 @@ pub(crate) struct Live {
     tenant: String,
     record: Mutex<Instance>,
     sandbox: Mutex<Option<Arc<AgentSandbox>>>,
-    /// Serialises create, start, stop and delete of this instance.
-    lifecycle: tokio::sync::Mutex<()>,
+    /// Serialises create, start, stop, delete and snapshots of this instance.
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     processes: processes::Processes,
     /// Open interactive sessions (terminals, SSH channels): while any is, the instance is
     /// in use, not idle.
@@ -42,7 +43,7 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    fn record(&self) -> Instance {
+    pub(crate) fn record(&self) -> Instance {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -81,7 +82,7 @@ fn allowed(from: InstanceStatus, to: InstanceStatus) -> bool {
 
 impl Engine {
     /// The tenant's live instance; another tenant's is not found.
-    fn live(&self, tenant: &Tenant, id: &str) -> Result<Arc<Live>, EngineError> {
+    pub(crate) fn live(&self, tenant: &Tenant, id: &str) -> Result<Arc<Live>, EngineError> {
         self.instances
             .lock()
             .get(id)
@@ -91,7 +92,7 @@ impl Engine {
     }
 
     /// Moves an instance to `to` (409 when its state does not allow it) and records it.
-    async fn transition(
+    pub(crate) async fn transition(
         &self,
         live: &Live,
         to: InstanceStatus,
@@ -125,7 +126,7 @@ impl Engine {
     }
 
     /// The running instance's sandbox, or 409.
-    fn running(&self, live: &Live) -> Result<Arc<AgentSandbox>, EngineError> {
+    pub(crate) fn running(&self, live: &Live) -> Result<Arc<AgentSandbox>, EngineError> {
         let record = live.record();
         match (record.status, live.sandbox()) {
             (InstanceStatus::Running, Some(sandbox)) if sandbox.is_alive() => Ok(sandbox),

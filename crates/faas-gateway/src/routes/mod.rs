@@ -8,6 +8,7 @@ mod instances;
 mod keys;
 mod pools;
 mod ports;
+mod snapshots;
 mod stream;
 mod terminal;
 
@@ -64,6 +65,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/instances/{id}/processes/{pid}/wait", post(instances::wait_process))
         .route("/api/v1/instances/{id}/processes/{pid}/kill", post(instances::kill_process))
         .route("/api/v1/instances/{id}/processes/{pid}/stream", get(instances::stream_process))
+        .route("/api/v1/snapshots", post(snapshots::create).get(snapshots::list))
+        .route("/api/v1/snapshots/{id}", get(snapshots::get).delete(snapshots::delete))
+        .route("/api/v1/snapshots/{id}/restore", post(snapshots::restore))
+        .route("/api/v1/branches", post(snapshots::branch))
         .route("/api/v1/executions/{id}", get(execute::get_execution))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))

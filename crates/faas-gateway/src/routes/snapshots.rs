@@ -1,0 +1,64 @@
+//! Snapshots, restores and branches.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use faas_api::{
+    BranchRequest, BranchResponse, CreateSnapshotRequest, Instance, RestoreSnapshotRequest,
+    Snapshot, SnapshotList,
+};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::{ApiJson, OptionalJson};
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateSnapshotRequest>,
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.engine.create_snapshot(&caller.tenant, req).await?)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SnapshotList>, ApiError> {
+    Ok(Json(SnapshotList { snapshots: state.engine.list_snapshots(&caller.tenant).await? }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(state.engine.snapshot(&caller.tenant, &id).await?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_snapshot(&caller.tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn restore(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(req): OptionalJson<RestoreSnapshotRequest>,
+) -> Result<(StatusCode, Json<Instance>), ApiError> {
+    let instance = state.engine.restore_snapshot(&caller.tenant, &id, req).await?;
+    Ok((StatusCode::CREATED, Json(instance)))
+}
+
+pub async fn branch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<BranchRequest>,
+) -> Result<(StatusCode, Json<BranchResponse>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.engine.branch(&caller.tenant, req).await?)))
+}

@@ -1,0 +1,365 @@
+//! Checkpoints of agent sandboxes with CRIU, and restores from them.
+//!
+//! A checkpoint is taken with the agent paused (no half-sent frame in either control
+//! pipe) and the sandbox's cgroup frozen: the disk image is synced and copied while
+//! nothing runs, then `criu dump` writes the processes' state (memory, files, sockets,
+//! the namespaces' mounts, tmpfs contents) and the sandbox carries on. A restore builds
+//! the root filesystem's layers on a copy of the disk in a helper process (see
+//! `init::restore`) and runs `criu restore` there with new control pipes in place of
+//! the checkpoint's, into a new cgroup; the agent then forgets its old host's requests.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::agent::{AgentClient, ControlPipes};
+use crate::agent_sandbox::{AgentSandbox, StartedAgent};
+use crate::cgroup::Limits;
+use crate::run::{RunError, Sandboxes, pipe_pair, setup_failure};
+use crate::spec::{AGENT_PATH, LaunchSpec, RestoreSpec};
+
+/// How long a restore may take before it is given up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The CRIU binary the host uses.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    pub binary: PathBuf,
+    pub version: String,
+}
+
+impl Criu {
+    /// Checks that `binary` runs and is recent enough (4.2: older ones fail on current
+    /// kernels, see docs/ARCHITECTURE.md).
+    pub fn detect(binary: &Path) -> Result<Self, String> {
+        let out = std::process::Command::new(binary)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Version:"))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| format!("{} --version said nothing useful", binary.display()))?;
+        let numbers: Vec<u32> = version.split('.').filter_map(|n| n.parse().ok()).collect();
+        if numbers.as_slice() < [4, 2].as_slice() {
+            return Err(format!("CRIU {version} at {} is older than 4.2", binary.display()));
+        }
+        Ok(Self { binary: binary.to_owned(), version })
+    }
+}
+
+/// What a restore needs to know about a checkpoint besides its images: kept with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub criu_version: String,
+    /// The agent's control pipes as the images name them (requests, events).
+    pub pipe_inodes: (u64, u64),
+    /// The sandbox's spec; at restore `disk_image` and the agent binary are replaced.
+    pub spec: LaunchSpec,
+}
+
+/// The external mounts' keys in a checkpoint: each bind by its position, and the agent.
+fn external_keys(spec: &LaunchSpec) -> Vec<(String, String, PathBuf)> {
+    let mut keys: Vec<(String, String, PathBuf)> = spec
+        .binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("bind{i}"), b.target.clone(), b.source.clone()))
+        .collect();
+    if let Some(agent) = &spec.agent {
+        keys.push(("agent".into(), AGENT_PATH.into(), agent.binary.clone()));
+    }
+    keys
+}
+
+impl AgentSandbox {
+    /// Checkpoints the running sandbox into `dir` (CRIU images in `dir/images`, the disk
+    /// image copied to `disk_copy`); the sandbox keeps running.
+    pub async fn checkpoint(
+        &self,
+        criu: &Criu,
+        dir: &Path,
+        disk_copy: Option<&Path>,
+    ) -> Result<CheckpointRecord, RunError> {
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).map_err(RunError::Io)?;
+        let freezer = {
+            let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
+            cgroup
+                .as_ref()
+                .map(|c| c.freezer())
+                .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))?
+        };
+        let work = async {
+            freezer.freeze().await?;
+            let dumped = async {
+                if let (Some(source), Some(copy)) = (&self.spec.disk_image, disk_copy) {
+                    let (pid, source, copy) = (self.pid, source.clone(), copy.to_owned());
+                    tokio::task::spawn_blocking(move || {
+                        sync_sandbox_fs(pid)?;
+                        copy_sparse(&source, &copy)
+                    })
+                    .await
+                    .map_err(RunError::Task)?
+                    .map_err(RunError::Io)?;
+                }
+                self.dump(criu, dir, &images, &freezer.dir).await
+            }
+            .await;
+            // CRIU leaves a cgroup it found frozen frozen.
+            let thawed = freezer.thaw();
+            dumped?;
+            thawed.map_err(RunError::from)
+        };
+        self.agent.while_paused(work).await??;
+        Ok(CheckpointRecord {
+            criu_version: criu.version.clone(),
+            pipe_inodes: self.pipe_inodes,
+            spec: self.spec.clone(),
+        })
+    }
+
+    async fn dump(
+        &self,
+        criu: &Criu,
+        dir: &Path,
+        images: &Path,
+        freezer: &Path,
+    ) -> Result<(), RunError> {
+        let mut cmd = tokio::process::Command::new(&criu.binary);
+        cmd.arg("dump")
+            .arg("--tree")
+            .arg(self.pid.to_string())
+            .arg("--images-dir")
+            .arg(images)
+            .arg("--work-dir")
+            .arg(dir)
+            .args(["--log-file", "dump.log", "--leave-running"])
+            .arg("--freeze-cgroup")
+            .arg(freezer)
+            // Connections are dumped (a restore closes them); the sandbox keeps them.
+            .args(["--tcp-established", "--network-lock", "skip", "--skip-in-flight"])
+            .args(["--file-locks", "--ghost-limit", "64M"]);
+        for (key, target, _) in external_keys(&self.spec) {
+            cmd.arg("--external").arg(format!("mnt[{target}]:{key}"));
+        }
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(RunError::Io)?;
+        if !out.success() {
+            return Err(RunError::Checkpoint(format!(
+                "criu dump failed: {}",
+                criu_errors(&dir.join("dump.log"))
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint to restore from: its images, its record, and where CRIU may write.
+pub struct RestoreFrom<'a> {
+    pub criu: &'a Criu,
+    pub images: &'a Path,
+    pub work_dir: &'a Path,
+    pub record: &'a CheckpointRecord,
+}
+
+impl Sandboxes {
+    /// Restores a checkpoint into a new sandbox `id`: `spec` is the checkpoint's with the
+    /// new disk image (a copy of the checkpoint's) and the agent binary the checkpoint ran.
+    pub async fn restore_agent(
+        self: &Arc<Self>,
+        id: String,
+        from: RestoreFrom<'_>,
+        spec: LaunchSpec,
+        limits: Limits,
+    ) -> Result<AgentSandbox, RunError> {
+        let cgroup = self.cgroups().create(&id, &limits)?;
+        let restore = RestoreSpec {
+            criu: from.criu.binary.clone(),
+            images: from.images.to_owned(),
+            work_dir: from.work_dir.to_owned(),
+            pipe_inodes: from.record.pipe_inodes,
+            externals: external_keys(&spec).into_iter().map(|(k, _, source)| (k, source)).collect(),
+        };
+        let started = self.launch_restore(&id, &spec, &cgroup, restore).await;
+        self.agent_sandbox(id, cgroup, spec, limits, started).await
+    }
+
+    async fn launch_restore(
+        &self,
+        id: &str,
+        spec: &LaunchSpec,
+        cgroup: &crate::cgroup::Cgroup,
+        restore: RestoreSpec,
+    ) -> Result<StartedAgent, RunError> {
+        let work_dir = restore.work_dir.clone();
+        std::fs::create_dir_all(&work_dir).map_err(RunError::Io)?;
+        let _ = std::fs::remove_file(work_dir.join("restored.pid"));
+        let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
+        let (status_r, status_w) = pipe_pair()?;
+        let pipes = ControlPipes::new().map_err(RunError::Io)?;
+        let pipe_inodes = pipes.inodes().map_err(RunError::Io)?;
+        let fd = devnull.as_raw_fd();
+        let fds = vec![
+            fd,
+            fd,
+            fd,
+            status_w.as_raw_fd(),
+            pipes.agent_requests.as_raw_fd(),
+            pipes.agent_events.as_raw_fd(),
+        ];
+        // The helper's pidfd: it ends once CRIU has.
+        let helper = self.launch(id, spec, cgroup, fds, false, Some(restore)).await?;
+        self.unregister(id);
+        let ControlPipes { host_requests, host_events, agent_requests, agent_events } = pipes;
+        drop((status_w, agent_requests, agent_events, devnull));
+        let mut status = String::new();
+        let mut rx = pipe::Receiver::from_owned_fd(status_r).map_err(RunError::Io)?;
+        let read = tokio::time::timeout(RESTORE_TIMEOUT, rx.read_to_string(&mut status)).await;
+        if read.is_err() {
+            crate::run::kill(helper.pidfd.as_raw_fd());
+            return Err(RunError::Checkpoint("the restore did not finish in time".into()));
+        }
+        let line = status.trim();
+        let pid: i32 = if let Some(pid) = line.strip_prefix("restored ") {
+            pid.parse().map_err(|_| RunError::Checkpoint(format!("restore said {line:?}")))?
+        } else if line.starts_with("criu ") {
+            return Err(RunError::Checkpoint(format!(
+                "criu restore failed: {}",
+                criu_errors(&work_dir.join("restore.log"))
+            )));
+        } else {
+            return Err(setup_failure(line)
+                .unwrap_or_else(|| RunError::Checkpoint("the restore helper died".into())));
+        };
+        let pidfd = pidfd_open(pid).map_err(RunError::Io)?;
+        // The pid was read from a file: make sure it is the restored PID 1 in our cgroup.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cgroups.lines().any(|l| l.ends_with(&format!("/{id}"))) {
+            return Err(RunError::Checkpoint(format!("restored pid {pid} is not in {id}")));
+        }
+        let pidfd = Arc::new(pidfd);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), Arc::clone(&pidfd));
+        let agent = AgentClient::connect_restored(host_requests, host_events).await?;
+        Ok(StartedAgent { pid, pidfd, agent, pipe_inodes })
+    }
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Flushes the sandbox's root filesystem (the overlay, so its upper layer, so the disk
+/// image behind the loop device) through a descriptor of its root directory.
+fn sync_sandbox_fs(pid: i32) -> io::Result<()> {
+    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(root.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies a (sparse) file: a reflink where the filesystem has them (XFS, btrfs), else
+/// only its data extents, so the copy is as sparse as the source. Returns the bytes of
+/// data copied (0 for a reflink).
+pub fn copy_sparse(source: &Path, target: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(source)?;
+    let dst = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(target)?;
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE between two descriptors we own.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) } == 0 {
+        return Ok(0);
+    }
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    let mut copied = 0u64;
+    let mut offset: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (offset as u64) < len {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: only a hole is left.
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut at = data;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], at as u64)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all_at(&buf[..n], at as u64)?;
+            at += n as i64;
+            copied += n as u64;
+        }
+        offset = end;
+    }
+    dst.sync_all()?;
+    Ok(copied)
+}
+
+/// The error lines of a CRIU log (the last few), for a message a person can act on.
+fn criu_errors(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Error") && !l.contains("RLIMIT_NOFILE for self"))
+        .collect();
+    let tail = &errors[errors.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        format!("no error in {}", log.display())
+    } else {
+        tail.iter().map(|l| l.trim()).collect::<Vec<_>>().join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_copies_keep_data_and_holes() {
+        let dir = std::env::temp_dir().join(format!("faas-sparse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (src, dst) = (dir.join("src"), dir.join("dst"));
+        let f = std::fs::File::create(&src).expect("create");
+        f.set_len(64 << 20).expect("len");
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"start", 0).expect("write");
+        f.write_all_at(b"middle", 32 << 20).expect("write");
+        drop(f);
+        copy_sparse(&src, &dst).expect("copy");
+        assert_eq!(std::fs::read(&src).expect("src"), std::fs::read(&dst).expect("dst"));
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&dst).expect("meta").blocks();
+        assert!(blocks * 512 < 1 << 20, "the copy is sparse ({blocks} blocks)");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
