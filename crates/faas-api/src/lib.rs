@@ -436,6 +436,19 @@ pub struct InstanceExecRequest {
     /// Return at once with a process id instead of waiting for the result.
     #[serde(default)]
     pub background: bool,
+    /// Run `code` in this context of the instance (see `POST .../contexts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
+}
+
+/// `POST /api/v1/instances/{id}/contexts`: an interpreter inside the instance that keeps
+/// its globals between runs, and in snapshots, restores and branches of the instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceContextRequest {
+    pub language: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One entry of `GET /api/v1/instances/{id}/files/list`.

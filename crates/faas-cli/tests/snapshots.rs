@@ -268,3 +268,67 @@ async fn without_criu_memory_snapshots_answer_501_and_files_still_work() {
     server.post(&format!("/api/v1/instances/{id}/stop"), ADMIN_KEY, json!({})).await;
     assert_eq!(snapshot(&server, ADMIN_KEY, &id).await["kind"], "filesystem");
 }
+
+async fn run_in_context(server: &Server, id: &str, context: &str, code: &str) -> Value {
+    let body = json!({"code": code, "context_id": context, "timeout_ms": 60_000});
+    let r = server.post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["exit_code"], 0, "{}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn a_python_context_keeps_its_globals_and_id_in_restores_and_branches() {
+    require_criu!();
+    let server = Server::start().await;
+    let id = create(&server, ADMIN_KEY).await;
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let context = r.body["id"].as_str().expect("id").to_owned();
+    // 50 MiB of list (6.5 million pointers to small ints) and x.
+    let n = 50 * 1024 * 1024 / 8;
+    run_in_context(
+        &server,
+        &id,
+        &context,
+        &format!("x = 41\ndata = [i % 251 for i in range({n})]"),
+    )
+    .await;
+    let expected_sum: u64 = (0..n as u64).map(|i| i % 251).sum();
+
+    let snap = snapshot(&server, ADMIN_KEY, &id).await;
+    let snap_id = snap["id"].as_str().expect("id");
+    let copy = restore(&server, ADMIN_KEY, snap_id).await;
+    let listed = server.get(&format!("/api/v1/instances/{copy}/contexts"), ADMIN_KEY).await;
+    assert_eq!(listed.body["contexts"][0]["id"], context.as_str(), "{}", listed.body);
+    let out = run_in_context(&server, &copy, &context, "print(x + 1, len(data), sum(data))").await;
+    assert_eq!(out["stdout"], format!("42 {n} {expected_sum}\n"));
+
+    // Branches carry the context under the same id, each with globals of its own.
+    let r = server
+        .post("/api/v1/branches", ADMIN_KEY, json!({"snapshot_id": snap_id, "count": 2}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    for (k, branch) in r.body["instances"].as_array().expect("instances").iter().enumerate() {
+        let branch = branch["id"].as_str().expect("id");
+        let out = run_in_context(&server, branch, &context, &format!("x += {k}\nprint(x)")).await;
+        assert_eq!(out["stdout"], format!("{}\n", 41 + k));
+    }
+    // The original is untouched by all of them.
+    let out = run_in_context(&server, &id, &context, "print(x)").await;
+    assert_eq!(out["stdout"], "41\n");
+    let r = server
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/instances/{id}/contexts/{context}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let body = json!({"code": "print(x)", "context_id": context});
+    let r = server.post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, body).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}

@@ -18,6 +18,15 @@ use crate::{Engine, EngineError, Tenant};
 const INTERPRETER: &str = "main";
 const LANGUAGES: [&str; 2] = ["python", "javascript"];
 
+/// The interpreter a context language names.
+pub(crate) fn context_language(language: &str) -> Result<&'static str, EngineError> {
+    match language.to_ascii_lowercase().as_str() {
+        "python" | "python3" | "py" => Ok("python"),
+        "javascript" | "js" | "node" | "nodejs" => Ok("javascript"),
+        _ => Err(invalid("language", format!("contexts exist for {}", LANGUAGES.join(", ")))),
+    }
+}
+
 struct Entry {
     info: Mutex<ContextInfo>,
     tenant: String,
@@ -75,17 +84,7 @@ impl Engine {
         tenant: &Tenant,
         req: CreateContextRequest,
     ) -> Result<ContextInfo, EngineError> {
-        let language = req.language.to_ascii_lowercase();
-        let language = match language.as_str() {
-            "python" | "python3" | "py" => "python",
-            "javascript" | "js" | "node" | "nodejs" => "javascript",
-            _ => {
-                return Err(invalid(
-                    "language",
-                    format!("contexts exist for {}", LANGUAGES.join(", ")),
-                ));
-            }
-        };
+        let language = context_language(&req.language)?;
         let max = self.config.pools.max_contexts_per_tenant;
         let image = self.image(req.image.as_deref())?;
         let limits = self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?;

@@ -36,6 +36,9 @@ struct Manifest {
     instance: Instance,
     /// For memory snapshots: how the sandbox was built and how CRIU names its pipes.
     checkpoint: Option<CheckpointRecord>,
+    /// The language contexts running in it (memory snapshots): restores keep their ids.
+    #[serde(default)]
+    contexts: Vec<faas_api::ContextInfo>,
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -165,7 +168,12 @@ impl Engine {
             capture_ms,
             created_at_ms: now_ms(),
         };
-        let manifest = Manifest { version: MANIFEST_VERSION, instance: record, checkpoint };
+        let contexts = match checkpoint {
+            Some(_) => live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => Vec::new(),
+        };
+        let manifest =
+            Manifest { version: MANIFEST_VERSION, instance: record, checkpoint, contexts };
         let manifest = serde_json::to_string(&manifest).unwrap_or_default();
         tokio::fs::rename(&partial, &dir).await.map_err(io_error("storing a snapshot"))?;
         if let Err(e) = self.store.insert_snapshot(&tenant.0, &snapshot, &manifest).await {
@@ -277,7 +285,9 @@ impl Engine {
             None => self.boot(&live).await,
             Some(checkpoint) => {
                 let restored = self.restore_sandbox(&live, &snapshot.id, checkpoint).await;
-                self.booted(&live, restored).await
+                let instance = self.booted(&live, restored).await?;
+                *live.contexts.lock().unwrap_or_else(|e| e.into_inner()) = manifest.contexts;
+                Ok(instance)
             }
         }
     }

@@ -384,6 +384,12 @@ impl AgentSandbox {
         }
     }
 
+    /// Ends a language context (its interpreter is killed).
+    pub async fn context_delete(&self, name: &str) -> Result<(), RunError> {
+        self.agent.call(|id| Request::ContextDelete { id, context: name.to_owned() }).await?;
+        Ok(())
+    }
+
     /// Runs code in a context: a result like a process's, exit code 1 on an exception.
     pub async fn context_run(
         &self,

@@ -102,6 +102,7 @@ impl Engine {
         let mut env = instance.env.clone();
         env.extend(req.env);
         self.plan(ExecuteRequest {
+            context_id: req.context_id,
             command: req.command,
             code: req.code,
             language: req.language,
@@ -134,6 +135,15 @@ impl Engine {
         limits.pids = instance.limits.pids;
         let record = new_record(Mode::Persistent, &instance.image, limits);
         let io = run_io(&plan, streams);
+        let timeout = timeout.unwrap_or(Duration::from_millis(plan.limits.timeout_ms));
+        if let Some(context) = &plan.context_id {
+            self.use_instance_context(&live, context)?;
+            let code = plan.code.clone().unwrap_or_default();
+            let run = async { Ok(sandbox.context_run(context, code, timeout, io).await?) };
+            let result = self.record_run(tenant, record, Box::pin(run)).await;
+            live.touch();
+            return result;
+        }
         let run = async {
             for (path, content) in &plan.files {
                 sandbox.write_file(path, content, 0o644).await?;
@@ -142,7 +152,7 @@ impl Engine {
                 argv: plan.argv.clone(),
                 env: plan.env.clone(),
                 confine: self.confine(&plan.workdir),
-                timeout: timeout.unwrap_or(Duration::from_millis(plan.limits.timeout_ms)),
+                timeout,
                 io,
             };
             Ok(sandbox.exec(request).await?)

@@ -72,6 +72,7 @@ impl Engine {
             sandbox: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             processes: Default::default(),
+            contexts: Default::default(),
             attached: Default::default(),
         });
         self.instances.lock().insert(record.id, Arc::clone(&live));
@@ -184,6 +185,7 @@ impl Engine {
 
     /// Starts the instance's sandbox on its disk: creating -> running (or failed).
     pub(crate) async fn boot(&self, live: &Live) -> Result<Instance, EngineError> {
+        live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let started = self.start_sandbox(&live.record()).await;
         self.booted(live, started).await
     }
@@ -266,6 +268,7 @@ impl Engine {
         let _guard = live.lifecycle.lock().await;
         self.transition(&live, InstanceStatus::Stopping, None).await?;
         let sandbox = live.sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+        live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if let Some(sandbox) = sandbox
             && let Err(e) = sandbox.destroy().await
         {

@@ -7,6 +7,7 @@
 
 mod access;
 mod archive;
+mod contexts;
 mod exec;
 mod files;
 mod lifecycle;
@@ -37,6 +38,9 @@ pub(crate) struct Live {
     /// Serialises create, start, stop, delete and snapshots of this instance.
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     processes: processes::Processes,
+    /// Its language contexts (their interpreters live in the sandbox; a snapshot carries
+    /// them, a stop ends them).
+    pub(crate) contexts: Mutex<Vec<faas_api::ContextInfo>>,
     /// Open interactive sessions (terminals, SSH channels): while any is, the instance is
     /// in use, not idle.
     attached: std::sync::atomic::AtomicUsize,
@@ -51,7 +55,7 @@ impl Live {
         self.sandbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).last_activity_ms = now_ms();
     }
 }
@@ -161,6 +165,7 @@ impl Engine {
                 sandbox: Mutex::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
                 processes: Default::default(),
+                contexts: Default::default(),
                 attached: Default::default(),
             };
             self.instances.lock().insert(record.id.clone(), Arc::new(live));

@@ -11,8 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use faas_api::{
-    CreateInstanceRequest, FileList, Instance, InstanceExecRequest, InstanceList, InstanceStatus,
-    KillRequest, ProcessInfo, ProcessList,
+    ContextInfo, ContextList, CreateInstanceRequest, FileList, Instance, InstanceContextRequest,
+    InstanceExecRequest, InstanceList, InstanceStatus, KillRequest, ProcessInfo, ProcessList,
 };
 use faas_engine::{FileRead, InstanceExecAnswer, Streams};
 use serde::Deserialize;
@@ -336,4 +336,31 @@ mod futures_util_shim {
     pub async fn next_chunk<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
         std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
     }
+}
+
+pub async fn create_context(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InstanceContextRequest>,
+) -> Result<(StatusCode, Json<ContextInfo>), ApiError> {
+    let context = state.engine.create_instance_context(&caller.tenant, &id, req).await?;
+    Ok((StatusCode::CREATED, Json(context)))
+}
+
+pub async fn contexts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ContextList>, ApiError> {
+    Ok(Json(ContextList { contexts: state.engine.instance_contexts(&caller.tenant, &id)? }))
+}
+
+pub async fn delete_context(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, context_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_instance_context(&caller.tenant, &id, &context_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

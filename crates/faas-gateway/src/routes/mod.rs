@@ -43,6 +43,11 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
         .route(
+            "/api/v1/instances/{id}/contexts",
+            post(instances::create_context).get(instances::contexts),
+        )
+        .route("/api/v1/instances/{id}/contexts/{context_id}", delete(instances::delete_context))
+        .route(
             "/api/v1/instances/{id}/files/archive",
             get(instances::read_archive).put(instances::write_archive),
         )
