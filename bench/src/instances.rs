@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 
 use crate::{ADMIN_KEY, Args, Server, Stats, http_workload, print_table};
 
-async fn post(client: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    url: String,
+    body: Value,
+) -> anyhow::Result<Value> {
     let resp = client.post(&url).bearer_auth(ADMIN_KEY).body(body.to_string()).send().await?;
     let status = resp.status();
     let answer: Value = resp.json().await?;
@@ -17,19 +21,31 @@ async fn post(client: &reqwest::Client, url: String, body: Value) -> anyhow::Res
     Ok(answer)
 }
 
-async fn delete(client: &reqwest::Client, server: &Server, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/instances/{id}", server.url);
     let resp = client.delete(&url).bearer_auth(ADMIN_KEY).send().await?;
     ensure!(resp.status().is_success(), "delete {id}: {}", resp.status());
     Ok(())
 }
 
-async fn create(client: &reqwest::Client, server: &Server, body: Value) -> anyhow::Result<String> {
+pub(crate) async fn create(
+    client: &reqwest::Client,
+    server: &Server,
+    body: Value,
+) -> anyhow::Result<String> {
     let answer = post(client, format!("{}/api/v1/instances", server.url), body).await?;
     Ok(answer["id"].as_str().context("no id")?.to_owned())
 }
 
-async fn exec_true(client: &reqwest::Client, server: &Server, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn exec_true(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/instances/{id}/exec", server.url);
     let result = post(client, url, json!({"command": ["/usr/bin/true"]})).await?;
     if result["exit_code"] != 0 {
@@ -86,7 +102,7 @@ async fn latency(client: &reqwest::Client, server: &Server, args: &Args) -> anyh
 }
 
 /// Kernel-wide memory in use (MemTotal - MemAvailable), in KiB.
-fn host_used_kib() -> anyhow::Result<u64> {
+pub(crate) fn host_used_kib() -> anyhow::Result<u64> {
     let info = std::fs::read_to_string("/proc/meminfo")?;
     let field = |name: &str| {
         info.lines()

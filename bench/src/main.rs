@@ -7,6 +7,7 @@
 //! as a Markdown table for docs/BENCHMARKS.md.
 
 mod instances;
+mod snapshots;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ struct Args {
     /// The faas binary to benchmark.
     #[arg(long, default_value = "target/release/faas")]
     faas: PathBuf,
-    /// Which benchmarks: ephemeral, cached, instances, or all.
+    /// Which benchmarks: ephemeral, cached, instances, snapshots, or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Seconds of the throughput run.
@@ -413,6 +414,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "instances" {
         instances::run(&runtime, &client, &server, &args)?;
+    }
+    if args.only == "all" || args.only == "snapshots" {
+        snapshots::run(&runtime, &client, &server, &args)?;
     }
     Ok(())
 }

@@ -574,6 +574,64 @@ pub struct Snapshot {
     /// How long the capture held the instance still.
     pub capture_ms: f64,
     pub created_at_ms: u64,
+    /// For a merge: the instances whose changes it applies to its parent's files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+    /// Set on deleted snapshots, which appear only in lineage trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<u64>,
+}
+
+/// `POST /api/v1/branches/merge`: a new (filesystem) snapshot with the base snapshot's
+/// files and the instances' changes to them; conflicting changes are refused (409, the
+/// paths named) and nothing is written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    pub base_snapshot_id: String,
+    pub instance_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Removed,
+}
+
+/// One path a merge took from an instance (paths of the writable layer: an overlay
+/// whiteout is how a removal of an image file looks there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedChange {
+    pub path: String,
+    pub instance_id: String,
+    pub change: ChangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeResult {
+    pub snapshot: Snapshot,
+    pub changes: Vec<MergedChange>,
+}
+
+/// `GET /api/v1/snapshots/{id}/tree`: a snapshot, the instances restored (or branched)
+/// from it, and the snapshots taken of those, recursively.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotTree {
+    pub snapshot: Snapshot,
+    pub instances: Vec<TreeInstance>,
+    pub children: Vec<SnapshotTree>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeInstance {
+    pub id: String,
+    pub status: InstanceStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

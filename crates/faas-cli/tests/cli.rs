@@ -68,7 +68,16 @@ fn doctor_reports_this_host() {
     let out = Command::new(env!("CARGO_BIN_EXE_faas")).arg("doctor").output().expect("run faas");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for check in ["namespaces", "overlayfs", "cgroups", "seccomp", "criu"] {
+    for check in [
+        "namespaces",
+        "overlayfs",
+        "cgroups",
+        "seccomp",
+        "criu >= 4.2",
+        "criu with faas",
+        "checkpoint and restore",
+        "lazy pages",
+    ] {
         assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {text}");
     }
 }

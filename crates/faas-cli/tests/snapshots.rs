@@ -174,6 +174,12 @@ async fn snapshots_survive_a_restart_and_their_parents() {
     assert_eq!(child["parent_id"], parent_id.as_str());
     let child_id = child["id"].as_str().expect("id").to_owned();
 
+    // The lineage: parent -> the instance restored from it -> child.
+    let tree = server.get(&format!("/api/v1/snapshots/{parent_id}/tree"), ADMIN_KEY).await;
+    assert_eq!(tree.status, 200, "{}", tree.body);
+    assert_eq!(tree.body["instances"][0]["id"], child_source.as_str(), "{}", tree.body);
+    assert_eq!(tree.body["children"][0]["snapshot"]["id"], child_id.as_str(), "{}", tree.body);
+
     server.crash_and_restart().await;
     let after = restore(&server, ADMIN_KEY, &parent_id).await;
     assert_eq!(exec(&server, &after, "cat /home/user/f").await["stdout"], "one\n");
@@ -186,6 +192,9 @@ async fn snapshots_survive_a_restart_and_their_parents() {
     assert_eq!(deleted.status, 204);
     assert_eq!(server.get(&format!("/api/v1/snapshots/{parent_id}"), ADMIN_KEY).await.status, 404);
     let grandchild = restore(&server, ADMIN_KEY, &child_id).await;
+    let tree = server.get(&format!("/api/v1/snapshots/{child_id}/tree"), ADMIN_KEY).await;
+    assert_eq!(tree.body["snapshot"]["parent_id"], parent_id.as_str());
+    assert_eq!(tree.body["instances"][0]["id"], grandchild.as_str(), "{}", tree.body);
     assert_eq!(exec(&server, &grandchild, "cat /home/user/f").await["stdout"], "one\ntwo\n");
     // The instance restored from the deleted parent runs on.
     assert_eq!(exec(&server, &after, "cat /home/user/f").await["stdout"], "one\n");
@@ -331,4 +340,87 @@ async fn a_python_context_keeps_its_globals_and_id_in_restores_and_branches() {
     let body = json!({"code": "print(x)", "context_id": context});
     let r = server.post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, body).await;
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// A snapshot of an instance holding two files, and two branches of it.
+async fn two_branches(server: &Server) -> (String, String, String) {
+    let id = create(server, ADMIN_KEY).await;
+    exec(
+        server,
+        &id,
+        "cd /home/user && echo base > shared && echo old > gone && mkdir dir && touch dir/f",
+    )
+    .await;
+    let base = snapshot(server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
+    let r =
+        server.post("/api/v1/branches", ADMIN_KEY, json!({"snapshot_id": base, "count": 2})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ids: Vec<String> = r.body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect();
+    (base, ids[0].clone(), ids[1].clone())
+}
+
+#[tokio::test]
+async fn a_merge_of_two_branches_holds_both_changes() {
+    require_criu!();
+    let server = Server::start().await;
+    let (base, a, b) = two_branches(&server).await;
+    exec(&server, &a, "cd /home/user && echo from-a > a && rm gone && echo same > both").await;
+    exec(
+        &server,
+        &b,
+        "cd /home/user && echo from-b > b && echo changed > shared && echo same > both",
+    )
+    .await;
+    // One branch is stopped, the other runs: both kinds are read.
+    server.post(&format!("/api/v1/instances/{b}/stop"), ADMIN_KEY, json!({})).await;
+    let body = json!({"base_snapshot_id": base, "instance_ids": [a, b], "name": "merged"});
+    let r = server.post("/api/v1/branches/merge", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["snapshot"]["kind"], "filesystem");
+    assert_eq!(r.body["snapshot"]["parent_id"], base.as_str());
+    let changes = r.body["changes"].as_array().expect("changes");
+    let find = |path: &str| changes.iter().find(|c| c["path"] == path).cloned();
+    assert_eq!(find("/home/user/a").expect("a")["change"], "added");
+    assert_eq!(find("/home/user/a").expect("a")["instance_id"], a.as_str());
+    assert_eq!(find("/home/user/gone").expect("gone")["change"], "removed");
+    assert_eq!(find("/home/user/shared").expect("shared")["change"], "modified");
+    let merged = r.body["snapshot"]["id"].as_str().expect("id");
+    let copy = restore(&server, ADMIN_KEY, merged).await;
+    let out =
+        exec(&server, &copy, "cd /home/user && ls | tr '\\n' ' ' && cat a b shared both").await;
+    assert_eq!(out["stdout"], "a b both dir shared from-a\nfrom-b\nchanged\nsame\n");
+}
+
+#[tokio::test]
+async fn a_conflicting_merge_names_the_path_and_writes_nothing() {
+    require_criu!();
+    let server = Server::start().await;
+    let (base, a, b) = two_branches(&server).await;
+    exec(&server, &a, "echo mine > /home/user/shared").await;
+    exec(&server, &b, "echo yours > /home/user/shared").await;
+    let before = server.get("/api/v1/snapshots", ADMIN_KEY).await.body["snapshots"].clone();
+    let body = json!({"base_snapshot_id": base, "instance_ids": [a, b]});
+    let r = server.post("/api/v1/branches/merge", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("/home/user/shared"), "{message}");
+    assert_eq!(server.get("/api/v1/snapshots", ADMIN_KEY).await.body["snapshots"], before);
+    // A directory removed in one and written into in the other conflicts too.
+    let (c, d) =
+        (restore(&server, ADMIN_KEY, &base).await, restore(&server, ADMIN_KEY, &base).await);
+    exec(&server, &c, "rm -r /home/user/dir").await;
+    exec(&server, &d, "echo new > /home/user/dir/new").await;
+    let body = json!({"base_snapshot_id": base, "instance_ids": [c, d]});
+    let r = server.post("/api/v1/branches/merge", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("/home/user/dir"), "{message}");
+    let body = json!({"base_snapshot_id": base, "instance_ids": [a, c, a]});
+    let r = server.post("/api/v1/branches/merge", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 422, "an instance twice: {}", r.body);
 }

@@ -74,17 +74,7 @@ pub fn run() -> Vec<Check> {
         if mkfs { "found".into() } else { "not found (package e2fsprogs)".into() },
         "persistent instances (their disks)",
     );
-    let criu = criu_version();
-    let criu_ok = criu.as_ref().is_some_and(|(_, v)| *v >= (4, 2));
-    add(
-        "criu >= 4.2",
-        criu_ok,
-        match &criu {
-            Some((path, (major, minor))) => format!("{path}: {major}.{minor}"),
-            None => "not found (scripts/setup.sh builds it)".into(),
-        },
-        "snapshots, checkpointed and branched modes (not implemented in this build yet)",
-    );
+    criu_checks(&mut add);
     let bwrap = Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
     add(
         "bubblewrap",
@@ -111,16 +101,57 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     (a, b) >= (major, minor)
 }
 
-/// The newest CRIU found: on PATH or where scripts/build-criu.sh installs it.
-pub fn criu_version() -> Option<(String, (u32, u32))> {
-    ["/usr/local/sbin/criu", "criu"]
-        .into_iter()
-        .filter_map(|path| {
-            let out = Command::new(path).arg("--version").output().ok()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let version = text.lines().find_map(|l| l.strip_prefix("Version: "))?;
-            let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-            Some((path.to_owned(), (parts.next()?, parts.next().unwrap_or(0))))
-        })
-        .max_by_key(|(_, v)| *v)
+/// CRIU: the version, faas's patch, the kernel features checkpoint and restore need, and
+/// userfaultfd for lazy restores.
+fn criu_checks(add: &mut impl FnMut(&'static str, bool, String, &'static str)) {
+    let path = crate::config::SnapshotConfig::default().criu_path;
+    let criu = faas_sandbox::Criu::detect(&path);
+    let needed_for = "memory snapshots, restores and branches of running instances";
+    add(
+        "criu >= 4.2",
+        criu.is_ok(),
+        match &criu {
+            Ok(criu) => format!("{}: {}", path.display(), criu.version),
+            Err(why) => format!("{why} (scripts/setup.sh builds it)"),
+        },
+        needed_for,
+    );
+    let Ok(criu) = criu else { return };
+    let stamp = std::fs::read_to_string("/usr/local/share/faas/criu.stamp").unwrap_or_default();
+    add(
+        "criu with faas's patch",
+        !stamp.is_empty(),
+        if stamp.is_empty() {
+            "no stamp: an unpatched CRIU cannot dump sandbox processes without CAP_SYS_RESOURCE"
+                .into()
+        } else {
+            stamp.trim().to_owned()
+        },
+        needed_for,
+    );
+    let check = |feature: Option<&str>| {
+        let mut cmd = Command::new(&criu.binary);
+        cmd.arg("check");
+        if let Some(feature) = feature {
+            cmd.args(["--feature", feature]);
+        }
+        match cmd.output() {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr);
+                let last = text.lines().last().unwrap_or("").trim().to_owned();
+                (out.status.success(), last)
+            }
+            Err(e) => (false, e.to_string()),
+        }
+    };
+    let (ok, detail) = check(None);
+    add("checkpoint and restore", ok, format!("criu check: {detail}"), needed_for);
+    let (ok, detail) = check(Some("uffd-noncoop"));
+    add(
+        "lazy pages (userfaultfd)",
+        ok,
+        format!("criu check --feature uffd-noncoop: {detail}"),
+        "lazy restores (not used by this build yet)",
+    );
 }

@@ -10,6 +10,7 @@ mod execute;
 pub mod images;
 mod instances;
 mod languages;
+mod merge;
 mod plan;
 mod pool;
 mod snapshots;

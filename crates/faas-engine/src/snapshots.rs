@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use faas_api::{
     BranchRequest, BranchResponse, CreateSnapshotRequest, Instance, InstanceStatus,
-    RestoreSnapshotRequest, Snapshot, SnapshotKind,
+    RestoreSnapshotRequest, Snapshot, SnapshotKind, SnapshotTree, TreeInstance,
 };
 use faas_sandbox::checkpoint::{RestoreFrom, copy_sparse};
 use faas_sandbox::{AgentSandbox, AgentSpec, CheckpointRecord, Criu, Limits};
@@ -30,7 +30,7 @@ const MANIFEST_VERSION: u32 = 1;
 
 /// What a restore needs besides the files, kept in the store with the record.
 #[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
+pub(crate) struct Manifest {
     version: u32,
     /// The instance as it was captured: image, limits, env, metadata, timeouts.
     instance: Instance,
@@ -39,6 +39,25 @@ struct Manifest {
     /// The language contexts running in it (memory snapshots): restores keep their ids.
     #[serde(default)]
     contexts: Vec<faas_api::ContextInfo>,
+}
+
+/// `root` with the instances restored from it and, below each, the snapshots taken of them.
+fn tree(root: Snapshot, all: &[Snapshot], instances: &[Instance]) -> SnapshotTree {
+    let restored: Vec<&Instance> =
+        instances.iter().filter(|i| i.snapshot_id.as_deref() == Some(&root.id)).collect();
+    let children = all
+        .iter()
+        .filter(|s| s.parent_id.as_deref() == Some(&root.id))
+        .map(|s| tree(s.clone(), all, instances))
+        .collect();
+    SnapshotTree {
+        instances: restored
+            .iter()
+            .map(|i| TreeInstance { id: i.id.clone(), status: i.status })
+            .collect(),
+        children,
+        snapshot: root,
+    }
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -60,7 +79,7 @@ fn disk_usage(dir: &Path) -> u64 {
 }
 
 impl Engine {
-    fn snapshot_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("snapshots").join(id)
     }
 
@@ -167,6 +186,8 @@ impl Engine {
             size_bytes: disk_usage(&partial),
             capture_ms,
             created_at_ms: now_ms(),
+            merged_from: Vec::new(),
+            deleted_at_ms: None,
         };
         let contexts = match checkpoint {
             Some(_) => live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -201,7 +222,7 @@ impl Engine {
         Ok(self.snapshot_with_manifest(tenant, id).await?.0)
     }
 
-    async fn snapshot_with_manifest(
+    pub(crate) async fn snapshot_with_manifest(
         &self,
         tenant: &Tenant,
         id: &str,
@@ -230,6 +251,19 @@ impl Engine {
         Ok(self.store.list_snapshots(&tenant.0, false).await?)
     }
 
+    /// The lineage below a snapshot: instances restored from it, snapshots of those, and
+    /// so on (deleted snapshots included, marked).
+    pub async fn snapshot_tree(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+    ) -> Result<SnapshotTree, EngineError> {
+        let root = self.snapshot(tenant, id).await?;
+        let all = self.store.list_snapshots(&tenant.0, true).await?;
+        let instances = self.list_instances(tenant, None, &Default::default());
+        Ok(tree(root, &all, &instances))
+    }
+
     /// Deletes a snapshot's files; its record stays (deleted) for its children's lineage.
     /// Instances restored from it are independent and keep running.
     pub async fn delete_snapshot(&self, tenant: &Tenant, id: &str) -> Result<(), EngineError> {
@@ -240,6 +274,48 @@ impl Engine {
             tracing::warn!(snapshot = %id, error = %e, "removing the snapshot's files");
         }
         Ok(())
+    }
+
+    /// Records a merge's result (`partial` holds its disk) as a filesystem snapshot, child
+    /// of `base`.
+    pub(crate) async fn store_filesystem_snapshot(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        partial: &Path,
+        base: &Snapshot,
+        base_manifest: Manifest,
+        req: &faas_api::MergeRequest,
+    ) -> Result<Snapshot, EngineError> {
+        let snapshot = Snapshot {
+            id: id.to_owned(),
+            name: req.name.clone(),
+            kind: SnapshotKind::Filesystem,
+            instance_id: base.instance_id.clone(),
+            parent_id: Some(base.id.clone()),
+            image: base.image.clone(),
+            limits: base.limits,
+            metadata: req.metadata.clone(),
+            size_bytes: disk_usage(partial),
+            capture_ms: 0.0,
+            created_at_ms: now_ms(),
+            merged_from: req.instance_ids.clone(),
+            deleted_at_ms: None,
+        };
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            instance: base_manifest.instance,
+            checkpoint: None,
+            contexts: Vec::new(),
+        };
+        let manifest = serde_json::to_string(&manifest).unwrap_or_default();
+        let dir = self.snapshot_dir(id);
+        tokio::fs::rename(partial, &dir).await.map_err(io_error("storing a snapshot"))?;
+        if let Err(e) = self.store.insert_snapshot(&tenant.0, &snapshot, &manifest).await {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e.into());
+        }
+        Ok(snapshot)
     }
 
     /// A new running instance in the snapshot's state.

@@ -127,6 +127,32 @@ impl AgentSandbox {
         })
     }
 
+    /// A consistent copy of the sandbox's disk image, taken with its processes frozen.
+    pub async fn copy_disk(&self, to: &Path) -> Result<(), RunError> {
+        let source = self
+            .spec
+            .disk_image
+            .clone()
+            .ok_or_else(|| RunError::Checkpoint("the sandbox has no disk image".into()))?;
+        let freezer = {
+            let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
+            cgroup
+                .as_ref()
+                .map(|c| c.freezer())
+                .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))?
+        };
+        freezer.freeze().await?;
+        let (pid, to) = (self.pid, to.to_owned());
+        let copied = tokio::task::spawn_blocking(move || {
+            sync_sandbox_fs(pid)?;
+            copy_sparse(&source, &to)
+        })
+        .await;
+        let thawed = freezer.thaw();
+        copied.map_err(RunError::Task)?.map_err(RunError::Io)?;
+        Ok(thawed?)
+    }
+
     async fn dump(
         &self,
         criu: &Criu,

@@ -196,7 +196,7 @@ fn mount_layers(ctx: &Context, spec: &LaunchSpec) -> Result<PathBuf, Failure> {
         Some(image) => {
             let disk = scratch.join("disk");
             mkdir(&disk, 0o755, "disk dir")?;
-            let (device, fd) = attach_loop(image)?;
+            let (device, fd) = attach_loop(image, false)?;
             let mounted = mount(
                 &device.to_string_lossy(),
                 &disk,
@@ -334,12 +334,13 @@ struct LoopConfig {
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// Attaches `image` to a free loop device that detaches itself once unmounted, which
 /// happens when this sandbox's mount namespace goes away. Returns the device and an open
 /// descriptor of it: close that only after mounting, or the device detaches at once.
-fn attach_loop(image: &Path) -> Result<(PathBuf, i32), Failure> {
+pub(crate) fn attach_loop(image: &Path, read_only: bool) -> Result<(PathBuf, i32), Failure> {
     let fail = |stage| Failure { stage, errno: errno() };
     let ctl_path = cstr(b"/dev/loop-control");
     let image_c = cpath(image);
@@ -348,7 +349,8 @@ fn attach_loop(image: &Path) -> Result<(PathBuf, i32), Failure> {
     unsafe {
         let ctl = libc::open(ctl_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         check(ctl, "loop control")?;
-        let file = libc::open(image_c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        let access = if read_only { libc::O_RDONLY } else { libc::O_RDWR };
+        let file = libc::open(image_c.as_ptr(), access | libc::O_CLOEXEC);
         if file < 0 {
             libc::close(ctl);
             return Err(fail("open disk image"));
@@ -366,7 +368,7 @@ fn attach_loop(image: &Path) -> Result<(PathBuf, i32), Failure> {
             }
             let mut config: LoopConfig = std::mem::zeroed();
             config.fd = file as u32;
-            config.info.flags = LO_FLAGS_AUTOCLEAR;
+            config.info.flags = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
             let configured = libc::ioctl(dev, LOOP_CONFIGURE, &config);
             let busy = configured < 0 && errno() == libc::EBUSY;
             if configured == 0 {

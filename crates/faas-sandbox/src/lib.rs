@@ -11,11 +11,13 @@
 //! - [`agent`] and `agent_sandbox`: long-lived sandboxes whose PID 1 is the agent
 //!   (crate `faas-agent`), driven over the agent protocol.
 //! - [`checkpoint`]: CRIU checkpoints of agent sandboxes and restores from them.
+//! - [`disk`]: instance disk images mounted for the server itself (merges), privately.
 
 pub mod agent;
 mod agent_sandbox;
 pub mod cgroup;
 pub mod checkpoint;
+pub mod disk;
 mod init;
 pub mod launcher;
 pub mod run;

@@ -271,16 +271,18 @@ impl Store for SqliteStore {
         let tenant = tenant.to_owned();
         self.with(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, record FROM snapshots WHERE tenant = ?1 AND (?2 OR deleted_at_ms IS NULL)
-                 ORDER BY created_at_ms, id",
+                "SELECT id, record, deleted_at_ms FROM snapshots
+                 WHERE tenant = ?1 AND (?2 OR deleted_at_ms IS NULL) ORDER BY created_at_ms, id",
             )?;
-            let rows: Vec<(String, String)> = stmt
-                .query_map(params![tenant, deleted], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let rows: Vec<(String, String, Option<i64>)> = stmt
+                .query_map(params![tenant, deleted], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             rows.iter()
-                .map(|(id, json)| {
-                    serde_json::from_str(json)
-                        .map_err(|source| StoreError::Corrupt { id: id.clone(), source })
+                .map(|(id, json, deleted_at)| {
+                    let mut snapshot: Snapshot = serde_json::from_str(json)
+                        .map_err(|source| StoreError::Corrupt { id: id.clone(), source })?;
+                    snapshot.deleted_at_ms = deleted_at.map(|t| t as u64);
+                    Ok(snapshot)
                 })
                 .collect()
         })

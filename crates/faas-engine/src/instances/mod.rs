@@ -32,7 +32,7 @@ pub use session::{InstanceSession, SessionSpec};
 
 /// An instance the server knows, with its sandbox while it runs.
 pub(crate) struct Live {
-    tenant: String,
+    pub(crate) tenant: String,
     record: Mutex<Instance>,
     sandbox: Mutex<Option<Arc<AgentSandbox>>>,
     /// Serialises create, start, stop, delete and snapshots of this instance.

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use faas_api::{
-    BranchRequest, BranchResponse, CreateSnapshotRequest, Instance, RestoreSnapshotRequest,
-    Snapshot, SnapshotList,
+    BranchRequest, BranchResponse, CreateSnapshotRequest, Instance, MergeRequest, MergeResult,
+    RestoreSnapshotRequest, Snapshot, SnapshotList, SnapshotTree,
 };
 
 use crate::AppState;
@@ -36,6 +36,14 @@ pub async fn get(
     Ok(Json(state.engine.snapshot(&caller.tenant, &id).await?))
 }
 
+pub async fn tree(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotTree>, ApiError> {
+    Ok(Json(state.engine.snapshot_tree(&caller.tenant, &id).await?))
+}
+
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -53,6 +61,14 @@ pub async fn restore(
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
     let instance = state.engine.restore_snapshot(&caller.tenant, &id, req).await?;
     Ok((StatusCode::CREATED, Json(instance)))
+}
+
+pub async fn merge(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<MergeRequest>,
+) -> Result<(StatusCode, Json<MergeResult>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.engine.merge_branches(&caller.tenant, req).await?)))
 }
 
 pub async fn branch(

@@ -1,0 +1,157 @@
+//! Snapshots: checkpoint and restore times for 1, 50 and 500 MiB of Python state (in a
+//! context inside an instance), against creating a fresh instance (the previous way to get
+//! a running sandbox); how long until 8 branches are ready; and the host memory 8 idle
+//! branches of a 100 MiB state take against one restored copy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use crate::instances::{create, delete, exec_true, host_used_kib, post};
+use crate::{ADMIN_KEY, Args, Server, Stats, print_table};
+
+/// An instance with a Python context holding `mib` MiB in one bytes object (every page
+/// written, so every page is in the checkpoint).
+async fn state_instance(
+    client: &reqwest::Client,
+    server: &Server,
+    mib: u64,
+) -> anyhow::Result<String> {
+    let memory_mb = (mib * 2 + 256).max(512);
+    let id = create(client, server, json!({"disk_mb": 64, "memory_mb": memory_mb})).await?;
+    let url = format!("{}/api/v1/instances/{id}/contexts", server.url);
+    let context = post(client, url, json!({"language": "python"})).await?;
+    let context = context["id"].as_str().context("context id")?.to_owned();
+    let code = format!("data = bytes(range(256)) * ({mib} * 4096)\nx = 41");
+    let url = format!("{}/api/v1/instances/{id}/exec", server.url);
+    let ran = post(client, url, json!({"code": code, "context_id": context, "timeout_ms": 120000}))
+        .await?;
+    ensure!(ran["exit_code"] == 0, "loading state: {ran}");
+    Ok(id)
+}
+
+async fn snapshot(client: &reqwest::Client, server: &Server, id: &str) -> anyhow::Result<String> {
+    let url = format!("{}/api/v1/snapshots", server.url);
+    let snap = post(client, url, json!({"instance_id": id})).await?;
+    Ok(snap["id"].as_str().context("snapshot id")?.to_owned())
+}
+
+async fn restore(client: &reqwest::Client, server: &Server, snap: &str) -> anyhow::Result<String> {
+    let url = format!("{}/api/v1/snapshots/{snap}/restore", server.url);
+    let instance = post(client, url, json!({})).await?;
+    Ok(instance["id"].as_str().context("instance id")?.to_owned())
+}
+
+async fn delete_snapshot(
+    client: &reqwest::Client,
+    server: &Server,
+    snap: &str,
+) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/snapshots/{snap}", server.url);
+    let resp = client.delete(&url).bearer_auth(ADMIN_KEY).send().await?;
+    ensure!(resp.status().is_success(), "delete {snap}: {}", resp.status());
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Checkpoint and restore of one state size, `runs` times each.
+async fn sizes(client: &reqwest::Client, server: &Server, args: &Args) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let runs = args.runs.min(30);
+    let mut fresh = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let id = create(client, server, json!({"disk_mb": 64})).await?;
+        exec_true(client, server, &id).await?;
+        fresh.push(ms(start));
+        delete(client, server, &id).await?;
+    }
+    rows.push(Stats { name: "fresh instance, create + first exec".into(), samples: fresh });
+    for mib in [1u64, 50, 500] {
+        let n = if mib >= 500 { runs.min(5) } else { runs };
+        let id = state_instance(client, server, mib).await?;
+        let (mut checkpoints, mut restores) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let start = Instant::now();
+            let snap = snapshot(client, server, &id).await?;
+            checkpoints.push(ms(start));
+            let start = Instant::now();
+            let copy = restore(client, server, &snap).await?;
+            exec_true(client, server, &copy).await?;
+            restores.push(ms(start));
+            delete(client, server, &copy).await?;
+            delete_snapshot(client, server, &snap).await?;
+        }
+        delete(client, server, &id).await?;
+        rows.push(Stats {
+            name: format!("checkpoint, {mib} MiB of Python state"),
+            samples: checkpoints,
+        });
+        rows.push(Stats { name: format!("restore + first exec, {mib} MiB"), samples: restores });
+    }
+    print_table(
+        "Snapshots: checkpoint and restore (reference: a fresh instance)",
+        &rows,
+        rows.len(),
+    );
+    Ok(())
+}
+
+/// 8 branches of a 100 MiB state: time until all run, and the host memory they hold.
+async fn branches(client: &reqwest::Client, server: &Server, args: &Args) -> anyhow::Result<()> {
+    let id = state_instance(client, server, 100).await?;
+    let snap = snapshot(client, server, &id).await?;
+    delete(client, server, &id).await?;
+    let mut times = Vec::new();
+    for _ in 0..args.runs.min(10) {
+        let start = Instant::now();
+        let url = format!("{}/api/v1/branches", server.url);
+        let made = post(client, url, json!({"snapshot_id": snap, "count": 8})).await?;
+        times.push(ms(start));
+        for instance in made["instances"].as_array().context("instances")? {
+            delete(client, server, instance["id"].as_str().context("id")?).await?;
+        }
+    }
+    let one = Stats { name: "8 branches of 100 MiB, all running".into(), samples: times };
+    print_table("Branches: time until all are ready", &[one], 1);
+
+    let used = |before: u64| -> anyhow::Result<f64> {
+        Ok(host_used_kib()?.saturating_sub(before) as f64 / 1024.0)
+    };
+    let settle = || tokio::time::sleep(Duration::from_secs(2));
+    settle().await;
+    let before = host_used_kib()?;
+    let single = restore(client, server, &snap).await?;
+    settle().await;
+    let one_copy = used(before)?;
+    delete(client, server, &single).await?;
+    settle().await;
+    let before = host_used_kib()?;
+    let url = format!("{}/api/v1/branches", server.url);
+    let made: Value = post(client, url, json!({"snapshot_id": snap, "count": 8})).await?;
+    settle().await;
+    let eight = used(before)?;
+    for instance in made["instances"].as_array().context("instances")? {
+        delete(client, server, instance["id"].as_str().context("id")?).await?;
+    }
+    delete_snapshot(client, server, &snap).await?;
+    println!(
+        "\nhost memory in use: one restored copy of a 100 MiB state {one_copy:.0} MiB; 8 idle branches {eight:.0} MiB = {:.1}x one (target <= 2x)",
+        eight / one_copy.max(1.0)
+    );
+    Ok(())
+}
+
+pub fn run(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    args: &Args,
+) -> anyhow::Result<()> {
+    runtime.block_on(sizes(client, server, args))?;
+    runtime.block_on(branches(client, server, args))
+}
