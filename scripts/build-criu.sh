@@ -27,6 +27,9 @@
 #         Sandboxed programs run as another user than CRIU, and prlimit() on
 #         another user's process needs CAP_SYS_RESOURCE, which the build hosts'
 #         root does not have.
+#   0002: the kerndat cache (CRIU's probe of the kernel, ~35 ms a run here)
+#         in the directory CRIU_KDAT_DIR names: it must be a tmpfs, and these
+#         hosts' /run is not one.
 #
 # Usage: build-criu.sh              fetch, build, install, verify
 #        build-criu.sh --print-deps  print the apt packages the build needs

@@ -102,7 +102,7 @@ async fn latency(client: &reqwest::Client, server: &Server, args: &Args) -> anyh
 }
 
 /// Kernel-wide memory in use (MemTotal - MemAvailable), in KiB.
-pub(crate) fn host_used_kib() -> anyhow::Result<u64> {
+fn host_used_kib() -> anyhow::Result<u64> {
     let info = std::fs::read_to_string("/proc/meminfo")?;
     let field = |name: &str| {
         info.lines()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
-use crate::instances::{create, delete, exec_true, host_used_kib, post};
+use crate::instances::{create, delete, exec_true, post};
 use crate::{ADMIN_KEY, Args, Server, Stats, print_table};
 
 /// An instance with a Python context holding `mib` MiB in one bytes object (every page
@@ -52,6 +52,43 @@ async fn delete_snapshot(
     let resp = client.delete(&url).bearer_auth(ADMIN_KEY).send().await?;
     ensure!(resp.status().is_success(), "delete {snap}: {}", resp.status());
     Ok(())
+}
+
+/// The summed PSS of every process in the instances' sandboxes (their cgroups are named
+/// after them), in MiB.
+fn pss_mib(server: &Server, instances: &[String]) -> f64 {
+    let hierarchies = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"];
+    let mut kib = 0u64;
+    for root in hierarchies {
+        let Ok(entries) = std::fs::read_dir(std::path::Path::new(root).join(&server.parent)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !instances.iter().any(|id| name.starts_with(id.as_str())) {
+                continue;
+            }
+            let procs =
+                std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                    .unwrap_or_default();
+                kib += rollup
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("Pss:")?
+                            .trim()
+                            .strip_suffix("kB")?
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+            }
+        }
+        break;
+    }
+    kib as f64 / 1024.0
 }
 
 fn ms(since: Instant) -> f64 {
@@ -119,28 +156,29 @@ async fn branches(client: &reqwest::Client, server: &Server, args: &Args) -> any
     let one = Stats { name: "8 branches of 100 MiB, all running".into(), samples: times };
     print_table("Branches: time until all are ready", &[one], 1);
 
-    let used = |before: u64| -> anyhow::Result<f64> {
-        Ok(host_used_kib()?.saturating_sub(before) as f64 / 1024.0)
-    };
+    // Proportional set size: pages the branches share (page cache of the images, the
+    // agent binary, libraries) count once, split between them.
     let settle = || tokio::time::sleep(Duration::from_secs(2));
-    settle().await;
-    let before = host_used_kib()?;
     let single = restore(client, server, &snap).await?;
     settle().await;
-    let one_copy = used(before)?;
+    let one_copy = pss_mib(server, std::slice::from_ref(&single));
     delete(client, server, &single).await?;
-    settle().await;
-    let before = host_used_kib()?;
     let url = format!("{}/api/v1/branches", server.url);
     let made: Value = post(client, url, json!({"snapshot_id": snap, "count": 8})).await?;
+    let ids: Vec<String> = made["instances"]
+        .as_array()
+        .context("instances")?
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect();
     settle().await;
-    let eight = used(before)?;
-    for instance in made["instances"].as_array().context("instances")? {
-        delete(client, server, instance["id"].as_str().context("id")?).await?;
+    let eight = pss_mib(server, &ids);
+    for id in &ids {
+        delete(client, server, id).await?;
     }
     delete_snapshot(client, server, &snap).await?;
     println!(
-        "\nhost memory in use: one restored copy of a 100 MiB state {one_copy:.0} MiB; 8 idle branches {eight:.0} MiB = {:.1}x one (target <= 2x)",
+        "\nmemory (PSS of every process) of one restored copy of a 100 MiB state: {one_copy:.0} MiB; of 8 idle branches: {eight:.0} MiB = {:.1}x one (target <= 2x)",
         eight / one_copy.max(1.0)
     );
     Ok(())

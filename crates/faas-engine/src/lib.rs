@@ -87,7 +87,10 @@ impl Engine {
         if let Err(e) = pools.agent() {
             tracing::warn!(error = %e, "cached mode and contexts are unavailable");
         }
-        let criu = faas_sandbox::Criu::detect(&config.snapshots.criu_path);
+        let criu = faas_sandbox::Criu::detect(&config.snapshots.criu_path).map(|criu| {
+            let candidates = [config.run_dir.join("criu"), "/dev/shm/faas-criu".into()];
+            criu.with_kdat_cache(&candidates)
+        });
         if let Err(why) = &criu {
             tracing::warn!(%why, "snapshots of running instances are unavailable");
         }

@@ -32,6 +32,9 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Criu {
     pub binary: PathBuf,
     pub version: String,
+    /// Where CRIU caches what it probed of the kernel (a tmpfs directory of root's), so
+    /// each run skips the probe (faas's CRIU patch 0002 reads `CRIU_KDAT_DIR`).
+    pub kdat_dir: Option<PathBuf>,
 }
 
 impl Criu {
@@ -52,7 +55,28 @@ impl Criu {
         if numbers.as_slice() < [4, 2].as_slice() {
             return Err(format!("CRIU {version} at {} is older than 4.2", binary.display()));
         }
-        Ok(Self { binary: binary.to_owned(), version })
+        Ok(Self { binary: binary.to_owned(), version, kdat_dir: None })
+    }
+
+    /// Picks the first of `candidates` on a tmpfs for CRIU's kernel probe cache, creating
+    /// it (mode 0700) if needed; a directory root does not own is never used.
+    pub fn with_kdat_cache(mut self, candidates: &[PathBuf]) -> Self {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        self.kdat_dir = candidates
+            .iter()
+            .find(|dir| {
+                let parent = dir.parent().unwrap_or(Path::new("/"));
+                let on_tmpfs = nix::sys::statfs::statfs(parent)
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+                if !on_tmpfs {
+                    return false;
+                }
+                let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+                std::fs::symlink_metadata(dir)
+                    .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0)
+            })
+            .cloned();
+        self
     }
 }
 
@@ -91,13 +115,7 @@ impl AgentSandbox {
     ) -> Result<CheckpointRecord, RunError> {
         let images = dir.join("images");
         std::fs::create_dir_all(&images).map_err(RunError::Io)?;
-        let freezer = {
-            let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
-            cgroup
-                .as_ref()
-                .map(|c| c.freezer())
-                .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))?
-        };
+        let freezer = self.freezer()?;
         let work = async {
             freezer.freeze().await?;
             let dumped = async {
@@ -127,6 +145,14 @@ impl AgentSandbox {
         })
     }
 
+    fn freezer(&self) -> Result<crate::cgroup::Freezer, RunError> {
+        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
+        cgroup
+            .as_ref()
+            .map(|c| c.freezer())
+            .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))
+    }
+
     /// A consistent copy of the sandbox's disk image, taken with its processes frozen.
     pub async fn copy_disk(&self, to: &Path) -> Result<(), RunError> {
         let source = self
@@ -134,13 +160,7 @@ impl AgentSandbox {
             .disk_image
             .clone()
             .ok_or_else(|| RunError::Checkpoint("the sandbox has no disk image".into()))?;
-        let freezer = {
-            let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
-            cgroup
-                .as_ref()
-                .map(|c| c.freezer())
-                .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))?
-        };
+        let freezer = self.freezer()?;
         freezer.freeze().await?;
         let (pid, to) = (self.pid, to.to_owned());
         let copied = tokio::task::spawn_blocking(move || {
@@ -174,6 +194,9 @@ impl AgentSandbox {
             // Connections are dumped (a restore closes them); the sandbox keeps them.
             .args(["--tcp-established", "--network-lock", "skip", "--skip-in-flight"])
             .args(["--file-locks", "--ghost-limit", "64M"]);
+        if let Some(dir) = &criu.kdat_dir {
+            cmd.env("CRIU_KDAT_DIR", dir);
+        }
         for (key, target, _) in external_keys(&self.spec) {
             cmd.arg("--external").arg(format!("mnt[{target}]:{key}"));
         }
@@ -218,6 +241,7 @@ impl Sandboxes {
             images: from.images.to_owned(),
             work_dir: from.work_dir.to_owned(),
             pipe_inodes: from.record.pipe_inodes,
+            kdat_dir: from.criu.kdat_dir.clone(),
             externals: external_keys(&spec).into_iter().map(|(k, _, source)| (k, source)).collect(),
         };
         let started = self.launch_restore(&id, &spec, &cgroup, restore).await;

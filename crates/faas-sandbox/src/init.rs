@@ -511,7 +511,16 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     let argv: Vec<*const libc::c_char> =
         args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let path_env = cstr(b"PATH=/usr/sbin:/usr/bin:/sbin:/bin");
-    let env = [path_env.as_ptr(), std::ptr::null()];
+    let kdat_env = restore
+        .kdat_dir
+        .as_ref()
+        .map(|dir| cstr(format!("CRIU_KDAT_DIR={}", dir.display()).as_bytes()));
+    let env: Vec<*const libc::c_char> =
+        [Some(path_env.as_ptr()), kdat_env.as_ref().map(|e| e.as_ptr())]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
     // SAFETY: fork of a single-threaded process; the child only execs or _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {

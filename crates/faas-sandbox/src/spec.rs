@@ -106,6 +106,9 @@ pub struct RestoreSpec {
     pub pipe_inodes: (u64, u64),
     /// External mounts of the checkpoint (key, host path): the binds and the agent.
     pub externals: Vec<(String, PathBuf)>,
+    /// CRIU's kernel probe cache (`CRIU_KDAT_DIR`), if the host has one.
+    #[serde(default)]
+    pub kdat_dir: Option<PathBuf>,
 }
 
 /// The launcher's answer; on success the sandbox's pidfd travels beside it.

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use faas_api::{CreateInstanceRequest, Instance, InstanceLimits, InstanceStatus};
 use faas_sandbox::{AgentSandbox, AgentSpec, LaunchSpec, Limits};
@@ -66,16 +66,9 @@ impl Engine {
         record.last_activity_ms = now;
         record.error = None;
         self.store.put_instance(&tenant.0, &record).await?;
-        let live = Arc::new(Live {
-            tenant: tenant.0.clone(),
-            record: Mutex::new(record.clone()),
-            sandbox: Mutex::new(None),
-            lifecycle: tokio::sync::Mutex::new(()),
-            processes: Default::default(),
-            contexts: Default::default(),
-            attached: Default::default(),
-        });
-        self.instances.lock().insert(record.id, Arc::clone(&live));
+        let id = record.id.clone();
+        let live = Arc::new(Live::new(tenant.0.clone(), record));
+        self.instances.lock().insert(id, Arc::clone(&live));
         Ok(live)
     }
 

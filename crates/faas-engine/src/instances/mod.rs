@@ -47,6 +47,18 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    pub(crate) fn new(tenant: String, record: Instance) -> Self {
+        Self {
+            tenant,
+            record: Mutex::new(record),
+            sandbox: Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+            processes: Default::default(),
+            contexts: Default::default(),
+            attached: Default::default(),
+        }
+    }
+
     pub(crate) fn record(&self) -> Instance {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -159,16 +171,8 @@ impl Engine {
                 );
                 self.store.put_instance(&tenant, &record).await?;
             }
-            let live = Live {
-                tenant,
-                record: Mutex::new(record.clone()),
-                sandbox: Mutex::new(None),
-                lifecycle: tokio::sync::Mutex::new(()),
-                processes: Default::default(),
-                contexts: Default::default(),
-                attached: Default::default(),
-            };
-            self.instances.lock().insert(record.id.clone(), Arc::new(live));
+            let id = record.id.clone();
+            self.instances.lock().insert(id, Arc::new(Live::new(tenant, record)));
         }
         Ok(())
     }
