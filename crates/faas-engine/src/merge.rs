@@ -271,10 +271,17 @@ fn merge_mounted(dirs: &[PathBuf]) -> std::io::Result<Merged> {
             all.entry(path.clone()).or_insert((i, change.clone()));
         }
     }
-    let merged_upper = upper(merged_dir);
+    let merged_upper = upper(merged_dir).canonicalize()?;
     let mut report = Vec::new();
     for (path, (i, change)) in &all {
-        apply(&uppers[*i].join(path), &merged_upper.join(path), change)?;
+        // This thread sees the host's files: a symlink in the merged layer must never
+        // lead a write out of it (changes to a path's parents come first, so it cannot).
+        let target = merged_upper.join(path);
+        let parent = target.parent().unwrap_or(&merged_upper).canonicalize()?;
+        if !parent.starts_with(&merged_upper) {
+            return Err(std::io::Error::other(format!("/{} leads outside", path.display())));
+        }
+        apply(&uppers[*i].join(path), &target, change)?;
         let kind = match (change, base.contains_key(path)) {
             (Change::Remove, _) => ChangeKind::Removed,
             (_, true) => ChangeKind::Modified,

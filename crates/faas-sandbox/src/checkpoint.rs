@@ -24,6 +24,8 @@ use crate::cgroup::Limits;
 use crate::run::{RunError, Sandboxes, pipe_pair, setup_failure};
 use crate::spec::{AGENT_PATH, LaunchSpec, RestoreSpec};
 
+/// How long a dump may take before it is given up (the sandbox stays frozen meanwhile).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a restore may take before it is given up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -200,12 +202,13 @@ impl AgentSandbox {
         for (key, target, _) in external_keys(&self.spec) {
             cmd.arg("--external").arg(format!("mnt[{target}]:{key}"));
         }
-        let out = cmd
-            .stdin(std::process::Stdio::null())
+        cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status()
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(DUMP_TIMEOUT, cmd.status())
             .await
+            .map_err(|_| RunError::Checkpoint(format!("criu dump took over {DUMP_TIMEOUT:?}")))?
             .map_err(RunError::Io)?;
         if !out.success() {
             return Err(RunError::Checkpoint(format!(
