@@ -52,6 +52,9 @@ pub struct AgentSandbox {
     /// The sandbox user: files are read and written with its identity.
     uid: u32,
     gid: u32,
+    /// Time the sandbox spent paused or frozen (checkpoints, disk copies): the host's
+    /// deadlines do not count it.
+    pub(crate) held: Hold,
     /// Set when the host killed the sandbox (a missed deadline): it takes no more work.
     killed: std::sync::atomic::AtomicBool,
     uses: std::sync::atomic::AtomicU64,
@@ -94,6 +97,7 @@ impl Sandboxes {
                 uid: spec.uid,
                 gid: spec.gid,
                 spec,
+                held: Hold::default(),
                 killed: std::sync::atomic::AtomicBool::new(false),
                 uses: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -146,6 +150,42 @@ impl Sandboxes {
         }
         let agent = AgentClient::connect(host_requests, host_events).await?;
         Ok(StartedAgent { pid: launched.pid, pidfd: launched.pidfd, agent, pipe_inodes })
+    }
+}
+
+/// A clock of the time a sandbox is held still.
+#[derive(Default)]
+pub(crate) struct Hold {
+    total_ms: std::sync::atomic::AtomicU64,
+    active: std::sync::atomic::AtomicU32,
+}
+
+impl Hold {
+    /// Counts from now until the guard is dropped.
+    pub(crate) fn begin(&self) -> HoldGuard<'_> {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HoldGuard { hold: self, since: Instant::now() }
+    }
+
+    fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+pub(crate) struct HoldGuard<'a> {
+    hold: &'a Hold,
+    since: Instant,
+}
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        let ms = self.since.elapsed().as_millis() as u64 + 1;
+        self.hold.total_ms.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+        self.hold.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -227,7 +267,7 @@ impl AgentSandbox {
             stdin: has_stdin,
             pty: None,
         };
-        let started = Instant::now();
+        let started = (Instant::now(), self.held.total());
         self.agent.send(&exec, &[]).await?;
         if has_stdin {
             self.feed_stdin(id, std::mem::take(&mut req.io.stdin), req.io.stdin_stream.take());
@@ -274,7 +314,7 @@ impl AgentSandbox {
         &self,
         id: u64,
         rx: &mut tokio::sync::mpsc::Receiver<Message>,
-        started: Instant,
+        (started, mut held): (Instant, Duration),
         timeout: Duration,
         io: RunIo,
         before: CgroupUsage,
@@ -282,7 +322,7 @@ impl AgentSandbox {
         let RunIo { sink, output_limit, mut cancel, mut signals, .. } = io;
         let mut stdout = Capture::new(Stream::Stdout, output_limit);
         let mut stderr = Capture::new(Stream::Stderr, output_limit);
-        let deadline = tokio::time::Instant::from_std(started + timeout + AGENT_SLACK);
+        let mut deadline = tokio::time::Instant::from_std(started + timeout + AGENT_SLACK);
         let mut killed = false;
         let end = loop {
             let next = tokio::select! {
@@ -301,6 +341,13 @@ impl AgentSandbox {
                 Ok(Some(message)) => message,
                 Ok(None) => return Err(RunError::Agent(AgentError::Gone)),
                 Err(_) => {
+                    // Time the sandbox was held still (a checkpoint) does not count.
+                    let now_held = self.held.total();
+                    if self.held.is_active() || now_held > held {
+                        deadline += (now_held - held).max(Duration::from_secs(1));
+                        held = now_held;
+                        continue;
+                    }
                     // The agent missed its own deadline: the sandbox is not trustworthy.
                     self.killed.store(true, std::sync::atomic::Ordering::Relaxed);
                     kill(self.pidfd.as_raw_fd());
@@ -401,7 +448,7 @@ impl AgentSandbox {
         self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (id, mut rx) = self.agent.subscribe();
         let before = self.begin_measure();
-        let started = Instant::now();
+        let started = (Instant::now(), self.held.total());
         let request = Request::ContextRun {
             id,
             context: name.to_owned(),

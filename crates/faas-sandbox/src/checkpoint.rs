@@ -118,6 +118,7 @@ impl AgentSandbox {
         let images = dir.join("images");
         std::fs::create_dir_all(&images).map_err(RunError::Io)?;
         let freezer = self.freezer()?;
+        let _held = self.held.begin();
         let work = async {
             freezer.freeze().await?;
             let dumped = async {
@@ -163,6 +164,7 @@ impl AgentSandbox {
             .clone()
             .ok_or_else(|| RunError::Checkpoint("the sandbox has no disk image".into()))?;
         let freezer = self.freezer()?;
+        let _held = self.held.begin();
         freezer.freeze().await?;
         let (pid, to) = (self.pid, to.to_owned());
         let copied = tokio::task::spawn_blocking(move || {

@@ -1,4 +1,6 @@
-//! Snapshots, restores and branches.
+//! Snapshots, restores, branches and merges. Each runs on a task of its own: a client
+//! that goes away mid-way must not leave an instance frozen or paused, or a restore half
+//! done.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -18,7 +20,17 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateSnapshotRequest>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.engine.create_snapshot(&caller.tenant, req).await?)))
+    let engine = state.engine.clone();
+    let snapshot =
+        detached(async move { engine.create_snapshot(&caller.tenant, req).await }).await?;
+    Ok((StatusCode::CREATED, Json(snapshot)))
+}
+
+/// Runs `work` to its end whatever happens to the request.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, faas_engine::EngineError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|e| ApiError::Internal(e.to_string()))?.map_err(Into::into)
 }
 
 pub async fn list(
@@ -59,7 +71,9 @@ pub async fn restore(
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<RestoreSnapshotRequest>,
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
-    let instance = state.engine.restore_snapshot(&caller.tenant, &id, req).await?;
+    let engine = state.engine.clone();
+    let instance =
+        detached(async move { engine.restore_snapshot(&caller.tenant, &id, req).await }).await?;
     Ok((StatusCode::CREATED, Json(instance)))
 }
 
@@ -68,7 +82,9 @@ pub async fn merge(
     caller: Caller,
     ApiJson(req): ApiJson<MergeRequest>,
 ) -> Result<(StatusCode, Json<MergeResult>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.engine.merge_branches(&caller.tenant, req).await?)))
+    let engine = state.engine.clone();
+    let merged = detached(async move { engine.merge_branches(&caller.tenant, req).await }).await?;
+    Ok((StatusCode::CREATED, Json(merged)))
 }
 
 pub async fn branch(
@@ -76,5 +92,7 @@ pub async fn branch(
     caller: Caller,
     ApiJson(req): ApiJson<BranchRequest>,
 ) -> Result<(StatusCode, Json<BranchResponse>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.engine.branch(&caller.tenant, req).await?)))
+    let engine = state.engine.clone();
+    let branches = detached(async move { engine.branch(&caller.tenant, req).await }).await?;
+    Ok((StatusCode::CREATED, Json(branches)))
 }
