@@ -294,6 +294,10 @@ impl Agent {
                 std::process::exit(1);
             }
             for (pfd, tag) in pollfds.iter_mut().zip(tags) {
+                // A pause that arrived in this round holds everything but the channel.
+                if self.paused && !matches!(tag, Tag::Requests | Tag::Events) {
+                    continue;
+                }
                 if pfd.revents != 0 {
                     self.ready(tag, pfd.revents, &mut buf);
                 }
@@ -377,6 +381,9 @@ impl Agent {
     }
 
     fn poll_timeout(&self) -> i32 {
+        if self.paused {
+            return -1;
+        }
         if !self.reads.is_empty() && self.output_room() {
             return 0;
         }
@@ -621,6 +628,9 @@ impl Agent {
     fn restored(&mut self) {
         self.paused = false;
         self.first_id = self.max_id + 1;
+        // Output still queued was meant for the previous host's channel (and may end in
+        // the middle of a frame it had half taken).
+        self.outbuf.clear();
         self.reads.clear();
         self.writes.clear();
         self.tcp.clear();

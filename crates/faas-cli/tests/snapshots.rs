@@ -369,7 +369,12 @@ async fn a_merge_of_two_branches_holds_both_changes() {
     require_criu!();
     let server = Server::start().await;
     let (base, a, b) = two_branches(&server).await;
-    exec(&server, &a, "cd /home/user && echo from-a > a && rm gone && echo same > both").await;
+    exec(
+        &server,
+        &a,
+        "cd /home/user && echo from-a > a && rm gone && echo same > both && rm -r dir",
+    )
+    .await;
     exec(
         &server,
         &b,
@@ -389,11 +394,14 @@ async fn a_merge_of_two_branches_holds_both_changes() {
     assert_eq!(find("/home/user/a").expect("a")["instance_id"], a.as_str());
     assert_eq!(find("/home/user/gone").expect("gone")["change"], "removed");
     assert_eq!(find("/home/user/shared").expect("shared")["change"], "modified");
+    // A removed directory is one change, whatever it held.
+    assert_eq!(find("/home/user/dir").expect("dir")["change"], "removed");
+    assert!(find("/home/user/dir/f").is_none(), "{changes:?}");
     let merged = r.body["snapshot"]["id"].as_str().expect("id");
     let copy = restore(&server, ADMIN_KEY, merged).await;
     let out =
         exec(&server, &copy, "cd /home/user && ls | tr '\\n' ' ' && cat a b shared both").await;
-    assert_eq!(out["stdout"], "a b both dir shared from-a\nfrom-b\nchanged\nsame\n");
+    assert_eq!(out["stdout"], "a b both shared from-a\nfrom-b\nchanged\nsame\n");
 }
 
 #[tokio::test]

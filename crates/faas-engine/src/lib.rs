@@ -45,6 +45,8 @@ pub struct Engine {
     instances: instances::Instances,
     /// CRIU, or why this host cannot capture running instances.
     criu: Result<faas_sandbox::Criu, String>,
+    /// Snapshots being captured, by tenant: they count against the quota.
+    capturing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 fn startup(
@@ -103,6 +105,7 @@ impl Engine {
             pools: Arc::clone(&pools),
             contexts: contexts::Contexts::default(),
             instances: instances::Instances::default(),
+            capturing: Default::default(),
             config,
         });
         engine.recover_instances().await?;

@@ -148,6 +148,18 @@ fn diff(
     for path in base.keys().filter(|p| !nodes.contains_key(*p)) {
         changes.insert(path.clone(), Change::Remove);
     }
+    // Below a path this branch removed or replaced with a non-directory, nothing else
+    // needs doing (paths sort by component: a path's descendants follow it).
+    let mut cleared: Option<PathBuf> = None;
+    changes.retain(|path, change| {
+        if cleared.as_ref().is_some_and(|c| path.starts_with(c)) {
+            return false;
+        }
+        if !matches!(change, Change::Set(Node::Dir { .. })) {
+            cleared = Some(path.clone());
+        }
+        true
+    });
     Ok(changes)
 }
 
@@ -215,12 +227,17 @@ fn apply(source: &Path, target: &Path, change: &Change) -> std::io::Result<()> {
         std::fs::set_permissions(target, std::fs::Permissions::from_mode(*mode))?;
         let (path, name) = (cpath(target)?, cpath(Path::new(OPAQUE))?);
         // SAFETY: valid C strings and value buffers.
-        unsafe {
+        let done = unsafe {
             if *opaque {
-                libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0);
+                libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0)
             } else {
-                libc::lremovexattr(path.as_ptr(), name.as_ptr());
+                libc::lremovexattr(path.as_ptr(), name.as_ptr())
             }
+        };
+        let error = std::io::Error::last_os_error();
+        // An opaque mark that cannot be set would let the base's files show through.
+        if done < 0 && (*opaque || error.raw_os_error() != Some(libc::ENODATA)) {
+            return Err(error);
         }
         return Ok(());
     }
@@ -317,7 +334,9 @@ impl Engine {
             .map(|id| self.live(tenant, id))
             .collect::<Result<Vec<_>, _>>()?;
         let id = format!("sn_{}", uuid::Uuid::now_v7().simple());
-        let work = self.config.run_dir.join("merges").join(&id);
+        // Disk copies are as large as the disks: they go to the data directory, not to
+        // the run directory's tmpfs.
+        let work = self.snapshot_dir(&id).with_extension("merge");
         let partial = self.snapshot_dir(&id).with_extension("partial");
         let result = self.merge_into(&base.id, &lives, &work, &partial).await;
         let _ = tokio::fs::remove_dir_all(&work).await;

@@ -97,10 +97,26 @@ impl Engine {
             return;
         };
         for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "partial") {
+            if entry.path().extension().is_some_and(|e| e == "partial" || e == "merge") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+    }
+
+    /// A place for one more snapshot within the tenant's quota, counting captures still
+    /// under way, held until the snapshot is stored (or given up).
+    async fn snapshot_slot(&self, tenant: &Tenant) -> Result<SnapshotSlot<'_>, EngineError> {
+        let max = self.config.snapshots.max_per_tenant;
+        let stored = self.store.list_snapshots(&tenant.0, false).await?.len();
+        let mut capturing = self.capturing.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = capturing.entry(tenant.0.clone()).or_default();
+        if stored + *entry >= max {
+            return Err(EngineError::Conflict {
+                message: format!("a tenant may hold at most {max} snapshots"),
+            });
+        }
+        *entry += 1;
+        Ok(SnapshotSlot { engine: self, tenant: tenant.0.clone() })
     }
 
     pub async fn create_snapshot(
@@ -112,13 +128,8 @@ impl Engine {
             return Err(invalid("name", "1 to 128 bytes"));
         }
         crate::instances::validate_metadata(&req.metadata)?;
-        let max = self.config.snapshots.max_per_tenant;
-        if self.store.list_snapshots(&tenant.0, false).await?.len() >= max {
-            return Err(EngineError::Conflict {
-                message: format!("a tenant may hold at most {max} snapshots"),
-            });
-        }
         let live = self.live(tenant, &req.instance_id)?;
+        let _slot = self.snapshot_slot(tenant).await?;
         let snapshot = {
             let _guard = live.lifecycle.lock().await;
             self.capture(tenant, &live, &req).await?
@@ -339,10 +350,27 @@ impl Engine {
             record.metadata = metadata;
         }
         let live = self.register_instance(tenant, record).await?;
-        let _guard = live.lifecycle.lock().await;
+        let instance_id = live.record().id;
+        let restored = {
+            let _guard = live.lifecycle.lock().await;
+            self.restore_into(&live, &snapshot.id, manifest).await
+        };
+        if restored.is_err() {
+            // A restore that fails leaves nothing behind: the error says why.
+            let _ = self.delete_instance(tenant, &instance_id).await;
+        }
+        restored
+    }
+
+    async fn restore_into(
+        &self,
+        live: &Live,
+        snapshot_id: &str,
+        manifest: Manifest,
+    ) -> Result<Instance, EngineError> {
         let instance_id = live.record().id;
         let (source, copy) =
-            (self.snapshot_dir(&snapshot.id).join("disk.img"), self.instance_disk(&instance_id));
+            (self.snapshot_dir(snapshot_id).join("disk.img"), self.instance_disk(&instance_id));
         let copied = async {
             tokio::fs::create_dir_all(copy.parent().unwrap_or(Path::new("/")))
                 .await
@@ -354,14 +382,14 @@ impl Engine {
         }
         .await;
         if let Err(e) = copied {
-            self.transition(&live, InstanceStatus::Failed, Some(format!("restoring: {e}"))).await?;
+            self.transition(live, InstanceStatus::Failed, Some(format!("restoring: {e}"))).await?;
             return Err(e);
         }
         match &manifest.checkpoint {
-            None => self.boot(&live).await,
+            None => self.boot(live).await,
             Some(checkpoint) => {
-                let restored = self.restore_sandbox(&live, &snapshot.id, checkpoint).await;
-                let instance = self.booted(&live, restored).await?;
+                let restored = self.restore_sandbox(live, snapshot_id, checkpoint).await;
+                let instance = self.booted(live, restored).await?;
                 *live.contexts.lock().unwrap_or_else(|e| e.into_inner()) = manifest.contexts;
                 Ok(instance)
             }
@@ -415,6 +443,16 @@ impl Engine {
         if req.count == 0 || req.count > max {
             return Err(invalid("count", format!("must be between 1 and {max}")));
         }
+        let max_instances = self.config.instances.max_per_tenant;
+        let held = self.instances.held_by(&tenant.0);
+        if held + req.count as usize > max_instances {
+            return Err(EngineError::Conflict {
+                message: format!(
+                    "a tenant may hold at most {max_instances} instances ({held} held, {} asked for)",
+                    req.count
+                ),
+            });
+        }
         let snapshot_id = match (req.snapshot_id, req.instance_id) {
             (Some(id), None) => self.snapshot(tenant, &id).await?.id,
             (None, Some(instance_id)) => {
@@ -451,5 +489,22 @@ impl Engine {
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(BranchResponse { snapshot_id, instances })
+    }
+}
+
+struct SnapshotSlot<'a> {
+    engine: &'a Engine,
+    tenant: String,
+}
+
+impl Drop for SnapshotSlot<'_> {
+    fn drop(&mut self) {
+        let mut capturing = self.engine.capturing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = capturing.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                capturing.remove(&self.tenant);
+            }
+        }
     }
 }

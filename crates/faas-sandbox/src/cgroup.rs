@@ -11,7 +11,10 @@ use thiserror::Error;
 
 /// Controllers every sandbox needs.
 /// `freezer` holds a sandbox still while it is checkpointed.
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+/// v1 hierarchies used when present: without a freezer, running sandboxes cannot be
+/// checkpointed (and say so), everything else works.
+const V1_OPTIONAL: [&str; 1] = ["freezer"];
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 /// CFS period for the CPU quota.
 const CPU_PERIOD_US: u64 = 100_000;
@@ -109,7 +112,7 @@ impl CgroupRoot {
             match fstype {
                 "cgroup2" => v2_mount = Some(PathBuf::from(mountpoint)),
                 "cgroup" => {
-                    for controller in V1_CONTROLLERS {
+                    for controller in V1_CONTROLLERS.into_iter().chain(V1_OPTIONAL) {
                         if superopts.split(',').any(|o| o == controller)
                             && !v1.iter().any(|(c, _)| *c == controller)
                         {
@@ -291,6 +294,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Sets the process limit (lower than the count held, it only stops new ones).
+    pub fn set_pids_max(&self, max: u32) -> Result<(), CgroupError> {
+        write(&self.dir_of("pids").join("pids.max"), &max.to_string())
+    }
+
     /// Opens `cgroup.procs` of every hierarchy, for the sandbox to write itself into.
     pub fn procs_files(&self) -> Result<Vec<File>, CgroupError> {
         self.dirs()
@@ -376,7 +384,9 @@ impl Cgroup {
     /// SIGKILLs every process left in the cgroup.
     pub fn kill_all(&self) {
         // A frozen task only dies once thawed.
-        let _ = self.freezer().thaw();
+        if let Some(freezer) = self.freezer() {
+            let _ = freezer.thaw();
+        }
         for dir in self.dirs() {
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -388,12 +398,16 @@ impl Cgroup {
     }
 
     /// The sandbox's freezer (CRIU freezes through its directory, `--freeze-cgroup`).
-    pub fn freezer(&self) -> Freezer {
+    /// None on a v1 host without a freezer hierarchy.
+    pub fn freezer(&self) -> Option<Freezer> {
         let dir = match self.version {
+            CgroupVersion::V1 if !self.parents.iter().any(|(c, _)| *c == "freezer") => {
+                return None;
+            }
             CgroupVersion::V1 => self.dir_of("freezer"),
             CgroupVersion::V2 => self.dir_of(""),
         };
-        Freezer { version: self.version, dir }
+        Some(Freezer { version: self.version, dir })
     }
 
     /// Removes the cgroup, retrying briefly while dying processes leave it.
@@ -540,6 +554,18 @@ mod tests {
         let cpu = root.parents.iter().find(|(c, _)| *c == "cpuacct").map(|(_, d)| d.clone());
         assert_eq!(cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/faas")));
         assert_eq!(root.dirs().len(), 4);
+    }
+
+    #[test]
+    fn a_v1_host_without_a_freezer_still_runs_sandboxes() {
+        let without: String =
+            V1.lines().filter(|l| !l.contains("freezer")).map(|l| l.to_owned() + "\n").collect();
+        let root = CgroupRoot::from_mountinfo(&without, "faas").expect("v1 detected");
+        assert_eq!(root.version(), CgroupVersion::V1);
+        let cgroup = Cgroup::new(root.version, root.parents.clone(), "x".into());
+        assert!(cgroup.freezer().is_none());
+        let with = CgroupRoot::from_mountinfo(V1, "faas").expect("v1 detected");
+        assert!(Cgroup::new(with.version, with.parents, "x".into()).freezer().is_some());
     }
 
     #[test]

@@ -150,10 +150,11 @@ impl AgentSandbox {
 
     fn freezer(&self) -> Result<crate::cgroup::Freezer, RunError> {
         let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
-        cgroup
-            .as_ref()
-            .map(|c| c.freezer())
-            .ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))
+        let cgroup =
+            cgroup.as_ref().ok_or(RunError::Checkpoint("the sandbox is being destroyed".into()))?;
+        cgroup.freezer().ok_or(RunError::Checkpoint(
+            "this host has no cgroup freezer: running sandboxes cannot be held still".into(),
+        ))
     }
 
     /// A consistent copy of the sandbox's disk image, taken with its processes frozen.
@@ -213,10 +214,7 @@ impl AgentSandbox {
             .map_err(|_| RunError::Checkpoint(format!("criu dump took over {DUMP_TIMEOUT:?}")))?
             .map_err(RunError::Io)?;
         if !out.success() {
-            return Err(RunError::Checkpoint(format!(
-                "criu dump failed: {}",
-                criu_errors(&dir.join("dump.log"))
-            )));
+            return Err(criu_failed("dump", &dir.join("dump.log")));
         }
         Ok(())
     }
@@ -240,7 +238,10 @@ impl Sandboxes {
         spec: LaunchSpec,
         limits: Limits,
     ) -> Result<AgentSandbox, RunError> {
-        let cgroup = self.cgroups().create(&id, &limits)?;
+        // The restore helper and CRIU's own processes run in the cgroup until the tree is
+        // back: they must not take the sandbox's own process budget.
+        let restoring = Limits { pids: limits.pids.saturating_add(RESTORE_PIDS), ..limits };
+        let cgroup = self.cgroups().create(&id, &restoring)?;
         let restore = RestoreSpec {
             criu: from.criu.binary.clone(),
             images: from.images.to_owned(),
@@ -249,7 +250,10 @@ impl Sandboxes {
             kdat_dir: from.criu.kdat_dir.clone(),
             externals: external_keys(&spec).into_iter().map(|(k, _, source)| (k, source)).collect(),
         };
-        let started = self.launch_restore(&id, &spec, &cgroup, restore).await;
+        let started = self.launch_restore(&id, &spec, &cgroup, restore).await.and_then(|agent| {
+            cgroup.set_pids_max(limits.pids)?;
+            Ok(agent)
+        });
         self.agent_sandbox(id, cgroup, spec, limits, started).await
     }
 
@@ -292,10 +296,7 @@ impl Sandboxes {
         let pid: i32 = if let Some(pid) = line.strip_prefix("restored ") {
             pid.parse().map_err(|_| RunError::Checkpoint(format!("restore said {line:?}")))?
         } else if line.starts_with("criu ") {
-            return Err(RunError::Checkpoint(format!(
-                "criu restore failed: {}",
-                criu_errors(&work_dir.join("restore.log"))
-            )));
+            return Err(criu_failed("restore", &work_dir.join("restore.log")));
         } else {
             return Err(setup_failure(line)
                 .unwrap_or_else(|| RunError::Checkpoint("the restore helper died".into())));
@@ -315,6 +316,9 @@ impl Sandboxes {
         Ok(StartedAgent { pid, pidfd, agent, pipe_inodes })
     }
 }
+
+/// Processes the restore helper and CRIU may add to a sandbox's cgroup while restoring.
+const RESTORE_PIDS: u32 = 16;
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open returns a new descriptor or -1.
@@ -358,11 +362,17 @@ pub fn copy_sparse(source: &Path, target: &Path) -> io::Result<u64> {
         // SAFETY: lseek on a descriptor we own.
         let data = unsafe { libc::lseek(src.as_raw_fd(), offset, libc::SEEK_DATA) };
         if data < 0 {
-            break; // ENXIO: only a hole is left.
+            match io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+                e => return Err(e),
+            }
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = hole.min(len as i64);
         let mut at = data;
         while at < end {
             let want = ((end - at) as usize).min(buf.len());
@@ -380,7 +390,14 @@ pub fn copy_sparse(source: &Path, target: &Path) -> io::Result<u64> {
     Ok(copied)
 }
 
-/// The error lines of a CRIU log (the last few), for a message a person can act on.
+/// A CRIU failure: its error lines go to the server's log (they name host paths and
+/// addresses no tenant should see), the caller gets the kind of failure.
+fn criu_failed(what: &str, log: &Path) -> RunError {
+    tracing::warn!(log = %log.display(), errors = %criu_errors(log), "criu {what} failed");
+    RunError::Checkpoint(format!("criu {what} failed; the server log has CRIU's errors"))
+}
+
+/// The error lines of a CRIU log (the last few), for a message an operator can act on.
 fn criu_errors(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let errors: Vec<&str> = text

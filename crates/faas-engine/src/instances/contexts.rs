@@ -19,6 +19,8 @@ impl Engine {
         req: InstanceContextRequest,
     ) -> Result<ContextInfo, EngineError> {
         let live = self.live(tenant, id)?;
+        // Under the lifecycle lock: a snapshot never holds a context half made.
+        let _guard = live.lifecycle.lock().await;
         let sandbox = self.running(&live)?;
         let language = context_language(&req.language)?;
         let record = live.record();
@@ -68,6 +70,7 @@ impl Engine {
         context_id: &str,
     ) -> Result<(), EngineError> {
         let live = self.live(tenant, id)?;
+        let _guard = live.lifecycle.lock().await;
         let sandbox = self.running(&live)?;
         let removed = {
             let mut contexts = live.contexts.lock().unwrap_or_else(|e| e.into_inner());

@@ -53,22 +53,28 @@ impl Engine {
         mut record: Instance,
     ) -> Result<Arc<Live>, EngineError> {
         let max = self.config.instances.max_per_tenant;
-        let count = self.instances.lock().values().filter(|l| l.tenant == tenant.0).count();
-        if count >= max {
-            return Err(EngineError::Conflict {
-                message: format!("a tenant may hold at most {max} instances"),
-            });
-        }
         let now = now_ms();
         record.status = InstanceStatus::Creating;
         record.created_at_ms = now;
         record.started_at_ms = None;
         record.last_activity_ms = now;
         record.error = None;
-        self.store.put_instance(&tenant.0, &record).await?;
         let id = record.id.clone();
-        let live = Arc::new(Live::new(tenant.0.clone(), record));
-        self.instances.lock().insert(id, Arc::clone(&live));
+        let live = Arc::new(Live::new(tenant.0.clone(), record.clone()));
+        {
+            // Counted and taken under one lock: concurrent creations cannot both pass.
+            let mut instances = self.instances.lock();
+            if instances.values().filter(|l| l.tenant == tenant.0).count() >= max {
+                return Err(EngineError::Conflict {
+                    message: format!("a tenant may hold at most {max} instances"),
+                });
+            }
+            instances.insert(id.clone(), Arc::clone(&live));
+        }
+        if let Err(e) = self.store.put_instance(&tenant.0, &record).await {
+            self.instances.lock().remove(&id);
+            return Err(e.into());
+        }
         Ok(live)
     }
 

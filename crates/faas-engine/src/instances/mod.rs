@@ -81,6 +81,11 @@ impl Instances {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// How many instances `tenant` holds.
+    pub(crate) fn held_by(&self, tenant: &str) -> usize {
+        self.lock().values().filter(|l| l.tenant == tenant).count()
+    }
 }
 
 /// Whether the lifecycle allows `from -> to`.
