@@ -76,9 +76,22 @@ pub struct ExecuteRequest {
     /// Names the warm sandbox `reuse` keeps (default: one per image and limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse_key: Option<String>,
-    /// Run `code` in this language context (see `POST /api/v1/contexts`).
+    /// Run `code` in this language context (see `POST /api/v1/contexts`); in the
+    /// checkpointed and branched modes, a context of the snapshot (ids are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_id: Option<String>,
+    /// Checkpointed mode: snapshot the state the run leaves (its `snapshot_id` comes back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint_after: bool,
+    /// Checkpointed mode: run in a copy of this snapshot's state instead of a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Branched mode: the snapshot whose state each branch starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot: Option<String>,
+    /// Branched mode: how many branches run the code (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 /// How a run ended. `running` and `lost` only appear on stored records: `lost` means the
@@ -145,6 +158,12 @@ pub struct ExecutionResult {
     pub image: String,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Checkpointed mode with `checkpoint_after`: the snapshot of the state the run left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Branched mode: every branch's result, in order (the fields above are the first's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<ExecutionResult>,
 }
 
 /// Every error the API returns: `{"error": {"code": "...", "message": "..."}}`.

@@ -276,6 +276,114 @@ async fn without_criu_memory_snapshots_answer_501_and_files_still_work() {
     assert!(r.body["error"]["message"].as_str().unwrap_or("").contains("/nonexistent/criu"));
     server.post(&format!("/api/v1/instances/{id}/stop"), ADMIN_KEY, json!({})).await;
     assert_eq!(snapshot(&server, ADMIN_KEY, &id).await["kind"], "filesystem");
+    let body = json!({"mode": "checkpointed", "checkpoint_after": true, "command": "true"});
+    let r = server.post("/api/v1/execute", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 501, "{}", r.body);
+}
+
+async fn execute(server: &Server, body: Value) -> Value {
+    let r = server.post("/api/v1/execute", ADMIN_KEY, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["exit_code"], 0, "{}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn checkpointed_and_branched_runs_start_from_a_saved_state() {
+    require_criu!();
+    let server = Server::start().await;
+    let load = "data = list(range(100000))\nx = 41\nopen('/home/user/f', 'w').write('base')\nprint('loaded')";
+    let body = json!({"mode": "checkpointed", "checkpoint_after": true, "language": "python", "code": load});
+    let first = execute(&server, body).await;
+    assert_eq!(first["stdout"], "loaded\n");
+    assert_eq!(first["mode"], "checkpointed");
+    let saved = first["snapshot_id"].as_str().expect("snapshot_id").to_owned();
+    let kept = server
+        .get(&format!("/api/v1/executions/{}", first["id"].as_str().unwrap_or("")), ADMIN_KEY)
+        .await;
+    assert_eq!(kept.body["snapshot_id"], saved.as_str());
+    // Each run from the snapshot starts from the same state: its changes are its own.
+    let step = "x += 1\nprint(x, len(data), open('/home/user/f').read())";
+    for _ in 0..2 {
+        let body = json!({"mode": "checkpointed", "snapshot_id": saved, "language": "python", "code": step});
+        let out = execute(&server, body).await;
+        assert_eq!(out["stdout"], "42 100000 base\n");
+        assert!(out.get("snapshot_id").is_none(), "{out}");
+    }
+    // A checkpoint of a restored run chains.
+    let body = json!({"mode": "checkpointed", "snapshot_id": saved, "checkpoint_after": true, "language": "python", "code": step});
+    let next = execute(&server, body).await["snapshot_id"].as_str().expect("id").to_owned();
+    let body =
+        json!({"mode": "checkpointed", "snapshot_id": next, "language": "python", "code": step});
+    assert_eq!(execute(&server, body).await["stdout"], "43 100000 base\n");
+    let parent = server.get(&format!("/api/v1/snapshots/{next}"), ADMIN_KEY).await;
+    assert_eq!(parent.body["parent_id"], saved.as_str());
+    // Branches run at once, each in its own copy.
+    let write = "import os\nopen('/home/user/f', 'a').write(str(os.getpid()))\nx += 1\nprint(x, len(open('/home/user/f').read()) > 4)";
+    let body = json!({"mode": "branched", "parent_snapshot": saved, "count": 3, "language": "python", "code": write});
+    let out = execute(&server, body).await;
+    assert_eq!(out["mode"], "branched");
+    let branches = out["branches"].as_array().expect("branches");
+    assert_eq!(branches.len(), 3);
+    for b in branches {
+        assert_eq!(b["stdout"], "42 True\n", "{b}");
+    }
+    assert_eq!(branches[0]["id"], out["id"]);
+    let ids: std::collections::HashSet<&str> =
+        branches.iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    // A command runs too (no context), from the snapshot's files.
+    let body = json!({"mode": "branched", "parent_snapshot": saved, "command": "cat /home/user/f"});
+    assert_eq!(execute(&server, body).await["stdout"], "base");
+    // The runs' own instances are gone.
+    let list = server.get("/api/v1/instances", ADMIN_KEY).await;
+    assert_eq!(list.body["instances"], json!([]), "{}", list.body);
+}
+
+#[tokio::test]
+async fn stateful_runs_refuse_bad_requests_before_starting_anything() {
+    require_criu!();
+    let server = Server::start().await;
+    let body = json!({"mode": "checkpointed", "checkpoint_after": true, "command": "echo hi > /home/user/f"});
+    let saved = execute(&server, body).await["snapshot_id"].as_str().expect("id").to_owned();
+    let snapshots = server.get("/api/v1/snapshots", ADMIN_KEY).await.body["snapshots"].clone();
+    for (case, status) in [
+        (json!({"mode": "checkpointed", "command": "true"}), 422),
+        (json!({"mode": "branched", "command": "true"}), 422),
+        (json!({"mode": "branched", "parent_snapshot": saved, "count": 0, "command": "true"}), 422),
+        (
+            json!({"mode": "branched", "parent_snapshot": saved, "count": 99, "command": "true"}),
+            422,
+        ),
+        (
+            json!({"mode": "branched", "parent_snapshot": saved, "checkpoint_after": true, "command": "true"}),
+            422,
+        ),
+        (
+            json!({"mode": "checkpointed", "snapshot_id": saved, "memory_mb": 64, "command": "true"}),
+            422,
+        ),
+        (
+            json!({"mode": "checkpointed", "checkpoint_after": true, "context_id": "ctx_x", "code": "1"}),
+            422,
+        ),
+        (json!({"mode": "checkpointed", "snapshot_id": saved}), 422),
+        (json!({"mode": "ephemeral", "checkpoint_after": true, "command": "true"}), 422),
+        (json!({"mode": "cached", "parent_snapshot": saved, "command": "true"}), 422),
+        (json!({"mode": "persistent", "command": "true"}), 422),
+        (json!({"mode": "branched", "parent_snapshot": "sn_missing", "command": "true"}), 404),
+        (json!({"mode": "checkpointed", "snapshot_id": "sn_missing", "command": "true"}), 404),
+    ] {
+        let r = server.post("/api/v1/execute", ADMIN_KEY, case.clone()).await;
+        assert_eq!(r.status, status, "{case}: {}", r.body);
+    }
+    let list = server.get("/api/v1/instances", ADMIN_KEY).await;
+    assert_eq!(list.body["instances"], json!([]), "{}", list.body);
+    assert_eq!(server.get("/api/v1/snapshots", ADMIN_KEY).await.body["snapshots"], snapshots);
+    // Another tenant cannot start from the snapshot.
+    let other = server.tenant_key("tenant-b").await;
+    let body = json!({"mode": "branched", "parent_snapshot": saved, "command": "true"});
+    assert_eq!(server.post("/api/v1/execute", &other, body).await.status, 404);
 }
 
 async fn run_in_context(server: &Server, id: &str, context: &str, code: &str) -> Value {

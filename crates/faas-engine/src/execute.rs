@@ -36,11 +36,14 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Engine {
     pub async fn execute(
-        &self,
+        self: &std::sync::Arc<Self>,
         tenant: &Tenant,
         req: ExecuteRequest,
         streams: Streams,
     ) -> Result<ExecutionResult, EngineError> {
+        if matches!(req.mode, Mode::Checkpointed | Mode::Branched) {
+            return Box::pin(self.execute_stateful(tenant, req, streams)).await;
+        }
         let plan = self.plan(req)?;
         let _permit = self.admit()?;
         let mode = if plan.context_id.is_some() { Mode::Cached } else { plan.mode };
@@ -230,6 +233,8 @@ pub(crate) fn new_record(
         mode,
         image: image.to_owned(),
         created_at_ms: now_ms(),
+        snapshot_id: None,
+        branches: Vec::new(),
     }
 }
 

@@ -14,6 +14,7 @@ mod merge;
 mod plan;
 mod pool;
 mod snapshots;
+mod stateful;
 
 use std::sync::Arc;
 

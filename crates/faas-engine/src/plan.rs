@@ -51,12 +51,28 @@ impl Engine {
     pub(crate) fn plan(&self, req: ExecuteRequest) -> Result<Plan, EngineError> {
         match req.mode {
             Mode::Ephemeral | Mode::Cached => {}
-            other => {
-                return Err(EngineError::Unsupported {
-                    what: format!("mode '{}'", other.as_str()),
-                    why: "this server implements the 'ephemeral' and 'cached' modes so far".into(),
-                });
+            Mode::Persistent => {
+                return Err(invalid(
+                    "mode",
+                    "persistent sandboxes are instances: POST /api/v1/instances, then their exec",
+                ));
             }
+            // Served by the stateful runs, which plan a copy in mode ephemeral.
+            Mode::Checkpointed | Mode::Branched => {
+                return Err(invalid("mode", "checkpointed and branched runs are planned apart"));
+            }
+        }
+        if req.checkpoint_after || req.snapshot_id.is_some() {
+            return Err(invalid(
+                "snapshot_id",
+                "checkpoint_after and snapshot_id go with mode 'checkpointed'",
+            ));
+        }
+        if req.parent_snapshot.is_some() || req.count.is_some() {
+            return Err(invalid(
+                "parent_snapshot",
+                "parent_snapshot and count go with mode 'branched'",
+            ));
         }
         if req.network {
             return Err(EngineError::Unsupported {

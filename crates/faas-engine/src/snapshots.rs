@@ -84,7 +84,7 @@ impl Engine {
     }
 
     /// CRIU, or why snapshots are unavailable on this host (501).
-    fn criu(&self) -> Result<&Criu, EngineError> {
+    pub(crate) fn criu(&self) -> Result<&Criu, EngineError> {
         self.criu.as_ref().map_err(|why| EngineError::Unsupported {
             what: "capturing a running instance".into(),
             why: why.clone(),
@@ -336,6 +336,17 @@ impl Engine {
         id: &str,
         req: RestoreSnapshotRequest,
     ) -> Result<Instance, EngineError> {
+        self.restore_snapshot_as(tenant, id, req, None).await
+    }
+
+    /// `scratch`: the execution the instance is restored for (it is marked as such).
+    pub(crate) async fn restore_snapshot_as(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        req: RestoreSnapshotRequest,
+        scratch: Option<&str>,
+    ) -> Result<Instance, EngineError> {
         let (snapshot, manifest) = self.snapshot_with_manifest(tenant, id).await?;
         if let Some(metadata) = &req.metadata {
             crate::instances::validate_metadata(metadata)?;
@@ -349,6 +360,9 @@ impl Engine {
         if let Some(metadata) = req.metadata {
             record.metadata = metadata;
         }
+        // A snapshot taken by a checkpointed execute restores to an ordinary instance.
+        record.metadata.remove(crate::stateful::SCRATCH);
+        record.metadata = crate::stateful::mark_scratch(record.metadata, scratch);
         let live = self.register_instance(tenant, record).await?;
         let instance_id = live.record().id;
         let restored = {

@@ -556,6 +556,8 @@ mod tests {
             mode: Mode::Ephemeral,
             image: "host".into(),
             created_at_ms: 1,
+            snapshot_id: None,
+            branches: Vec::new(),
         }
     }
 

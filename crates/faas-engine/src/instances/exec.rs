@@ -40,7 +40,8 @@ impl Engine {
         if req.background {
             return self.start_background(tenant, id, req).map(InstanceExecAnswer::Started);
         }
-        let result = self.instance_exec_with(tenant, id, req, streams, None).await?;
+        let result =
+            self.instance_exec_with(tenant, id, req, streams, None, Mode::Persistent).await?;
         Ok(InstanceExecAnswer::Finished(result))
     }
 
@@ -71,8 +72,9 @@ impl Engine {
         tokio::spawn(async move {
             let streams =
                 Streams { sink: Some(sink), signals: Some(signals), ..Streams::default() };
-            let result = match engine.instance_exec_with(&tenant, &id, req, streams, timeout).await
-            {
+            let run =
+                engine.instance_exec_with(&tenant, &id, req, streams, timeout, Mode::Persistent);
+            let result = match run.await {
                 Ok(result) => result,
                 Err(e) => {
                     let limits = AppliedLimits {
@@ -115,14 +117,16 @@ impl Engine {
         })
     }
 
-    /// The run itself; `timeout` overrides the request's (background processes).
-    async fn instance_exec_with(
+    /// The run itself; `timeout` overrides the request's (background processes); `mode`
+    /// is what the run is recorded as.
+    pub(crate) async fn instance_exec_with(
         &self,
         tenant: &Tenant,
         id: &str,
         req: InstanceExecRequest,
         streams: Streams,
         timeout: Option<Duration>,
+        mode: Mode,
     ) -> Result<ExecutionResult, EngineError> {
         let live = self.live(tenant, id)?;
         let sandbox = self.running(&live)?;
@@ -133,7 +137,7 @@ impl Engine {
         limits.memory_mb = instance.limits.memory_mb;
         limits.cpu = instance.limits.cpu;
         limits.pids = instance.limits.pids;
-        let record = new_record(Mode::Persistent, &instance.image, limits);
+        let record = new_record(mode, &instance.image, limits);
         let io = run_io(&plan, streams);
         let timeout = timeout.unwrap_or(Duration::from_millis(plan.limits.timeout_ms));
         if let Some(context) = &plan.context_id {

@@ -29,6 +29,9 @@ pub(crate) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(
         return Err(invalid("metadata", format!("at most {MAX_METADATA} entries")));
     }
     for (k, v) in metadata {
+        if k.starts_with("faas.") {
+            return Err(invalid("metadata", "keys starting with 'faas.' are the server's"));
+        }
         if k.is_empty() || k.len() > 64 || v.len() > 512 || k.contains('\0') || v.contains('\0') {
             return Err(invalid("metadata", "keys are 1 to 64 bytes, values at most 512"));
         }
@@ -37,7 +40,7 @@ pub(crate) fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(
 }
 
 impl Engine {
-    fn instance_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn instance_dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("instances").join(id)
     }
 
@@ -83,6 +86,16 @@ impl Engine {
         tenant: &Tenant,
         req: CreateInstanceRequest,
     ) -> Result<Instance, EngineError> {
+        self.create_instance_as(tenant, req, None).await
+    }
+
+    /// `scratch`: the execution the instance is made for (it is marked as such).
+    pub(crate) async fn create_instance_as(
+        &self,
+        tenant: &Tenant,
+        req: CreateInstanceRequest,
+        scratch: Option<&str>,
+    ) -> Result<Instance, EngineError> {
         if req.network {
             return Err(EngineError::Unsupported {
                 what: "network access".into(),
@@ -126,7 +139,7 @@ impl Engine {
                 disk_mb,
             },
             env: req.env,
-            metadata: req.metadata,
+            metadata: crate::stateful::mark_scratch(req.metadata, scratch),
             ttl_seconds: req.ttl_seconds,
             idle_timeout_seconds: req.idle_timeout_seconds,
             on_timeout: req.on_timeout,

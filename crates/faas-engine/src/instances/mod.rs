@@ -165,6 +165,13 @@ impl Engine {
     /// (their sandboxes died with it), with their files kept for a later start.
     pub(crate) async fn recover_instances(&self) -> Result<(), EngineError> {
         for (tenant, mut record) in self.store.live_instances().await? {
+            if record.metadata.contains_key(crate::stateful::SCRATCH) {
+                // An execute's own instance, left by a crash: its run has no result.
+                record.status = InstanceStatus::Deleted;
+                self.store.put_instance(&tenant, &record).await?;
+                let _ = std::fs::remove_dir_all(self.instance_dir(&record.id));
+                continue;
+            }
             if matches!(
                 record.status,
                 InstanceStatus::Creating | InstanceStatus::Running | InstanceStatus::Stopping
