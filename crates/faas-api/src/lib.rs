@@ -588,8 +588,13 @@ pub struct Snapshot {
     pub image: String,
     pub limits: InstanceLimits,
     pub metadata: BTreeMap<String, String>,
-    /// Bytes on disk: process images and the disk image's data.
+    /// Bytes of data: process images and the disk image's data (holes left out).
     pub size_bytes: u64,
+    /// Compressed bytes this snapshot added to the deduplicated blob store (what it costs
+    /// to keep beyond the chunks it shares); null until it is packed, moments after it is
+    /// taken.
+    #[serde(default)]
+    pub stored_bytes: Option<u64>,
     /// How long the capture held the instance still.
     pub capture_ms: f64,
     pub created_at_ms: u64,

@@ -540,3 +540,86 @@ async fn a_conflicting_merge_names_the_path_and_writes_nothing() {
     let r = server.post("/api/v1/branches/merge", ADMIN_KEY, body).await;
     assert_eq!(r.status, 422, "an instance twice: {}", r.body);
 }
+
+/// Waits for the packer to store the snapshot in the blob store; its stored bytes.
+async fn packed(server: &Server, id: &str) -> u64 {
+    for _ in 0..300 {
+        let r = server.get(&format!("/api/v1/snapshots/{id}"), ADMIN_KEY).await;
+        if let Some(bytes) = r.body["stored_bytes"].as_u64() {
+            return bytes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("snapshot {id} was not packed in 30 s");
+}
+
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn snapshots_live_in_the_blob_store_deduplicated_and_outlive_their_parents() {
+    require_criu!();
+    // No hot cache: every restore unpacks from the blob store.
+    let mut server = Server::start_with("[snapshots]\nhot_cache_mb = 0\n").await;
+    let id = create(&server, ADMIN_KEY).await;
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let context = r.body["id"].as_str().expect("id").to_owned();
+    run_in_context(&server, &id, &context, "data = bytes(range(256)) * 40000\nx = 41").await;
+    exec(&server, &id, "head -c 3000000 /dev/urandom > /home/user/noise").await;
+    let parent = snapshot(&server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
+    let parent_bytes = packed(&server, &parent).await;
+    assert!(parent_bytes > 3_000_000, "the noise alone is 3 MB: {parent_bytes}");
+    let evicted = server.data_dir.join("snapshots").join(&parent);
+    for _ in 0..100 {
+        if !evicted.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!evicted.exists(), "a packed snapshot leaves the hot cache of 0 MB");
+
+    // A child of a restore shares most chunks: it stores far less than its parent.
+    let copy = restore(&server, ADMIN_KEY, &parent).await;
+    let out = run_in_context(&server, &copy, &context, "x += 1\nprint(x, len(data))").await;
+    assert_eq!(out["stdout"], "42 10240000\n");
+    let child = snapshot(&server, ADMIN_KEY, &copy).await["id"].as_str().expect("id").to_owned();
+    let child_bytes = packed(&server, &child).await;
+    assert!(child_bytes * 4 < parent_bytes, "child {child_bytes} vs parent {parent_bytes}");
+
+    // Deleting the parent keeps the chunks the child holds; a restart loses nothing.
+    let r = server
+        .request(Method::DELETE, &format!("/api/v1/snapshots/{parent}"), Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    server.crash_and_restart().await;
+    let again = restore(&server, ADMIN_KEY, &child).await;
+    let out = run_in_context(&server, &again, &context, "x += 1\nprint(x, len(data))").await;
+    assert_eq!(out["stdout"], "43 10240000\n");
+    let noise = exec(&server, &again, "wc -c < /home/user/noise").await;
+    assert_eq!(noise["stdout"], "3000000\n");
+
+    // With every snapshot gone, so is every chunk.
+    let r = server
+        .request(Method::DELETE, &format!("/api/v1/snapshots/{child}"), Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let blobs = server.data_dir.join("blobs");
+    for _ in 0..100 {
+        if files_under(&blobs) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(files_under(&blobs), 0);
+}

@@ -41,11 +41,19 @@ pub struct SnapshotConfig {
     pub max_per_tenant: usize,
     /// The most instances one branch call may make.
     pub max_branches: u32,
+    /// Unpacked snapshot directories kept at hand for fast restores (the blob store holds
+    /// every snapshot regardless); beyond it, the least recently used are evicted.
+    pub hot_cache_mb: u64,
 }
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        Self { criu_path: "/usr/local/sbin/criu".into(), max_per_tenant: 100, max_branches: 16 }
+        Self {
+            criu_path: "/usr/local/sbin/criu".into(),
+            max_per_tenant: 100,
+            max_branches: 16,
+            hot_cache_mb: 16 << 10,
+        }
     }
 }
 

@@ -32,6 +32,13 @@ pub enum EngineError {
     Sandbox(#[from] faas_sandbox::RunError),
     #[error("store failure")]
     Store(#[from] faas_store::StoreError),
+    /// A file operation of the server's own failed (500).
+    #[error("failed {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("startup failed while {what}")]
     Startup {
         what: &'static str,

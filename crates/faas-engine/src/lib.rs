@@ -11,6 +11,7 @@ pub mod images;
 mod instances;
 mod languages;
 mod merge;
+mod packing;
 mod plan;
 mod pool;
 mod snapshots;
@@ -48,6 +49,8 @@ pub struct Engine {
     criu: Result<faas_sandbox::Criu, String>,
     /// Snapshots being captured, by tenant: they count against the quota.
     capturing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Snapshot data into the blob store and back.
+    packer: packing::Packer,
 }
 
 fn startup(
@@ -97,8 +100,12 @@ impl Engine {
         if let Err(why) = &criu {
             tracing::warn!(%why, "snapshots of running instances are unavailable");
         }
+        let blobs = faas_blobs::LocalBlobs::open(&config.data_dir.join("blobs"))
+            .map_err(|e| startup("opening the blob store")(e.into()))?;
+        let (packer, pack_jobs) = packing::Packer::new(Arc::new(blobs));
         let engine = Arc::new(Self {
             criu,
+            packer,
             admission: Arc::new(Semaphore::new(config.max_concurrent_sandboxes)),
             sandboxes,
             images: Box::new(images),
@@ -111,6 +118,8 @@ impl Engine {
         });
         engine.recover_instances().await?;
         engine.clear_partial_snapshots();
+        engine.resume_packing().await?;
+        packing::spawn(Arc::downgrade(&engine), pack_jobs);
         contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
         instances::spawn_janitor(Arc::downgrade(&engine));
         Ok(engine)

@@ -338,7 +338,11 @@ impl Engine {
         // the run directory's tmpfs.
         let work = self.snapshot_dir(&id).with_extension("merge");
         let partial = self.snapshot_dir(&id).with_extension("partial");
-        let result = self.merge_into(&base.id, &lives, &work, &partial).await;
+        let result = async {
+            let _hot = self.hot_snapshot(&tenant.0, &base.id).await?;
+            self.merge_into(&base.id, &lives, &work, &partial).await
+        }
+        .await;
         let _ = tokio::fs::remove_dir_all(&work).await;
         let report = match result {
             Ok(Ok(report)) => report,
@@ -378,9 +382,8 @@ impl Engine {
         work: &Path,
         partial: &Path,
     ) -> Result<Merged, EngineError> {
-        let io = |what: &'static str| {
-            move |e: std::io::Error| EngineError::Startup { what, source: e.into() }
-        };
+        let io =
+            |what: &'static str| move |source: std::io::Error| EngineError::Io { what, source };
         tokio::fs::create_dir_all(work).await.map_err(io("preparing a merge"))?;
         tokio::fs::create_dir_all(partial).await.map_err(io("preparing a merge"))?;
         let mut images =

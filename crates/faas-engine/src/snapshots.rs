@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::execute::now_ms;
 use crate::instances::Live;
+use crate::packing::PackJob;
 use crate::plan::invalid;
 use crate::{Engine, EngineError, Tenant};
 
@@ -60,12 +61,12 @@ fn tree(root: Snapshot, all: &[Snapshot], instances: &[Instance]) -> SnapshotTre
     }
 }
 
-fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
-    move |e| EngineError::Startup { what, source: e.into() }
+pub(crate) fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
+    move |source| EngineError::Io { what, source }
 }
 
 /// Bytes a directory tree occupies on disk (sparse files count what they hold).
-fn disk_usage(dir: &Path) -> u64 {
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
@@ -97,7 +98,8 @@ impl Engine {
             return;
         };
         for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "partial" || e == "merge") {
+            let unfinished = ["partial", "merge", "evicted", "unpacking"];
+            if entry.path().extension().is_some_and(|e| unfinished.iter().any(|u| e == *u)) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -198,6 +200,7 @@ impl Engine {
             capture_ms,
             created_at_ms: now_ms(),
             merged_from: Vec::new(),
+            stored_bytes: None,
             deleted_at_ms: None,
         };
         let contexts = match checkpoint {
@@ -212,6 +215,7 @@ impl Engine {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e.into());
         }
+        self.packer.queue(PackJob::Pack { tenant: tenant.0.clone(), id: snapshot.id.clone() });
         Ok(snapshot)
     }
 
@@ -281,9 +285,13 @@ impl Engine {
         if !self.store.delete_snapshot(&tenant.0, id).await? {
             return Err(EngineError::NotFound { kind: "snapshot", id: id.to_owned() });
         }
-        if let Err(e) = tokio::fs::remove_dir_all(self.snapshot_dir(id)).await {
+        if let Err(e) = tokio::fs::remove_dir_all(self.snapshot_dir(id)).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(snapshot = %id, error = %e, "removing the snapshot's files");
         }
+        // Its chunks go once no other snapshot holds them.
+        self.packer.queue(PackJob::Release { id: id.to_owned() });
         Ok(())
     }
 
@@ -311,6 +319,7 @@ impl Engine {
             capture_ms: 0.0,
             created_at_ms: now_ms(),
             merged_from: req.instance_ids.clone(),
+            stored_bytes: None,
             deleted_at_ms: None,
         };
         let manifest = Manifest {
@@ -326,6 +335,7 @@ impl Engine {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e.into());
         }
+        self.packer.queue(PackJob::Pack { tenant: tenant.0.clone(), id: id.to_owned() });
         Ok(snapshot)
     }
 
@@ -365,10 +375,12 @@ impl Engine {
         record.metadata = crate::stateful::mark_scratch(record.metadata, scratch);
         let live = self.register_instance(tenant, record).await?;
         let instance_id = live.record().id;
-        let restored = {
+        let restored = async {
             let _guard = live.lifecycle.lock().await;
+            let _hot = self.hot_snapshot(&tenant.0, &snapshot.id).await?;
             self.restore_into(&live, &snapshot.id, manifest).await
-        };
+        }
+        .await;
         if restored.is_err() {
             // A restore that fails leaves nothing behind: the error says why.
             let _ = self.delete_instance(tenant, &instance_id).await;

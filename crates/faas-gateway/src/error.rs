@@ -70,9 +70,10 @@ impl ApiError {
                 EngineError::Sandbox(RunError::Checkpoint(_)) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "checkpoint_failed")
                 }
-                EngineError::Sandbox(_) | EngineError::Store(_) | EngineError::Startup { .. } => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
+                EngineError::Sandbox(_)
+                | EngineError::Store(_)
+                | EngineError::Io { .. }
+                | EngineError::Startup { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -60,6 +60,15 @@ impl CredentialKind {
 
 /// A secret that opens one instance (and, for a port token, one port of it) without an
 /// API key. Only its hash is stored.
+/// Snapshots the packer must still pack (tenant, id), deleted ones whose pack it must
+/// still release, and those packed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackWork {
+    pub unpacked: Vec<(String, String)>,
+    pub unreleased: Vec<String>,
+    pub packed: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     pub id: String,
@@ -113,6 +122,26 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a snapshot deleted (its record stays for the lineage); `false` when there is
     /// none to delete.
     async fn delete_snapshot(&self, tenant: &str, id: &str) -> Result<bool>;
+    /// Records a snapshot's pack (JSON) and the chunks it holds (digest, compressed size;
+    /// chunks are the tenant's), with the snapshot's updated record, in one transaction.
+    async fn insert_pack(
+        &self,
+        tenant: &str,
+        snapshot: &Snapshot,
+        pack: &str,
+        chunks: Vec<(String, u64)>,
+    ) -> Result<()>;
+    /// A snapshot's pack, once packed.
+    async fn pack(&self, snapshot_id: &str) -> Result<Option<String>>;
+    /// Drops a (deleted) snapshot's pack; answers the chunks no pack holds any more, which
+    /// the blob store may then remove.
+    async fn release_pack(&self, snapshot_id: &str) -> Result<Vec<String>>;
+    /// What the packer has to do after a restart.
+    async fn pack_work(&self) -> Result<PackWork>;
+    /// Every chunk a pack holds.
+    async fn chunk_digests(&self) -> Result<Vec<String>>;
+    /// The compressed bytes of a tenant's stored chunks, each counted once.
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64>;
 
     async fn insert_credential(&self, credential: Credential) -> Result<()>;
     /// The credential with this hash, unless revoked.

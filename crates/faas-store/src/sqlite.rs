@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use faas_api::{ExecStatus, ExecutionResult, Instance, Role, Snapshot};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Credential, CredentialKind, KeyRecord, Result, Store, StoreError};
+use crate::{Credential, CredentialKind, KeyRecord, PackWork, Result, Store, StoreError};
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
 /// Never edit one that has shipped: add a new one.
@@ -64,6 +64,24 @@ const MIGRATIONS: &[&str] = &[
         manifest TEXT NOT NULL
     );
     CREATE INDEX snapshots_tenant ON snapshots(tenant, created_at_ms);",
+    // 5: snapshot data as chunks in the blob store: which chunks each snapshot's pack
+    // holds, and each chunk's owner and compressed size (one row per stored chunk).
+    "CREATE TABLE snapshot_packs (
+        snapshot_id TEXT PRIMARY KEY,
+        pack TEXT NOT NULL
+    );
+    CREATE TABLE pack_chunks (
+        snapshot_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (snapshot_id, digest)
+    );
+    CREATE INDEX pack_chunks_digest ON pack_chunks(digest);
+    CREATE TABLE chunks (
+        digest TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        stored_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX chunks_tenant ON chunks(tenant);",
 ];
 
 #[derive(Clone)]
@@ -299,6 +317,126 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![id, tenant, now])?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_pack(
+        &self,
+        tenant: &str,
+        snapshot: &Snapshot,
+        pack: &str,
+        chunks: Vec<(String, u64)>,
+    ) -> Result<()> {
+        let (tenant, id, pack) = (tenant.to_owned(), snapshot.id.clone(), pack.to_owned());
+        let json = serde_json::to_string(snapshot).unwrap_or_default();
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached("INSERT INTO snapshot_packs (snapshot_id, pack) VALUES (?1, ?2)")?
+                .execute(params![id, pack])?;
+            let mut chunk = tx.prepare_cached(
+                "INSERT INTO chunks (digest, tenant, stored_bytes) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(digest) DO NOTHING",
+            )?;
+            let mut held = tx.prepare_cached(
+                "INSERT OR IGNORE INTO pack_chunks (snapshot_id, digest) VALUES (?1, ?2)",
+            )?;
+            for (digest, stored) in &chunks {
+                chunk.execute(params![digest, tenant, *stored as i64])?;
+                held.execute(params![id, digest])?;
+            }
+            drop((chunk, held));
+            tx.prepare_cached("UPDATE snapshots SET record = ?2 WHERE id = ?1")?
+                .execute(params![id, json])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pack(&self, snapshot_id: &str) -> Result<Option<String>> {
+        let id = snapshot_id.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached("SELECT pack FROM snapshot_packs WHERE snapshot_id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn release_pack(&self, snapshot_id: &str) -> Result<Vec<String>> {
+        let id = snapshot_id.to_owned();
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let held: Vec<String> = tx
+                .prepare_cached("SELECT digest FROM pack_chunks WHERE snapshot_id = ?1")?
+                .query_map(params![id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.prepare_cached("DELETE FROM pack_chunks WHERE snapshot_id = ?1")?
+                .execute(params![id])?;
+            tx.prepare_cached("DELETE FROM snapshot_packs WHERE snapshot_id = ?1")?
+                .execute(params![id])?;
+            let mut unheld = Vec::new();
+            for digest in held {
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM chunks WHERE digest = ?1
+                         AND NOT EXISTS (SELECT 1 FROM pack_chunks WHERE digest = ?1)",
+                    )?
+                    .execute(params![digest])?;
+                if n > 0 {
+                    unheld.push(digest);
+                }
+            }
+            tx.commit()?;
+            Ok(unheld)
+        })
+        .await
+    }
+
+    async fn pack_work(&self) -> Result<PackWork> {
+        self.with(move |c| {
+            let unpacked = c
+                .prepare_cached(
+                    "SELECT tenant, id FROM snapshots WHERE deleted_at_ms IS NULL
+                     AND id NOT IN (SELECT snapshot_id FROM snapshot_packs) ORDER BY created_at_ms",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let unreleased = c
+                .prepare_cached(
+                    "SELECT snapshot_id FROM snapshot_packs WHERE snapshot_id IN
+                     (SELECT id FROM snapshots WHERE deleted_at_ms IS NOT NULL)",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let packed = c
+                .prepare_cached("SELECT snapshot_id FROM snapshot_packs")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(PackWork { unpacked, unreleased, packed })
+        })
+        .await
+    }
+
+    async fn chunk_digests(&self) -> Result<Vec<String>> {
+        self.with(move |c| {
+            Ok(c.prepare_cached("SELECT digest FROM chunks")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn stored_bytes(&self, tenant: &str) -> Result<u64> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            let sum: i64 = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(stored_bytes), 0) FROM chunks WHERE tenant = ?1",
+                )?
+                .query_row(params![tenant], |r| r.get(0))?;
+            Ok(sum as u64)
         })
         .await
     }

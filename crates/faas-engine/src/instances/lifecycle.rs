@@ -163,10 +163,8 @@ impl Engine {
     async fn make_disk(&self, id: &str, disk_mb: u64) -> Result<(), EngineError> {
         let dir = self.instance_dir(id);
         let image = dir.join("disk.img");
-        let io = |e: std::io::Error| EngineError::Startup {
-            what: "creating an instance disk",
-            source: e.into(),
-        };
+        let io =
+            |source: std::io::Error| EngineError::Io { what: "creating an instance disk", source };
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let file = tokio::fs::File::create(&image).await.map_err(io)?;
         file.set_len(disk_mb << 20).await.map_err(io)?;
