@@ -91,12 +91,15 @@ impl Server {
             })?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut url = None;
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             if let Some(u) = line?.strip_prefix("faas listening on ") {
                 url = Some(u.to_owned());
                 break;
             }
         }
+        // The server's later log lines (warnings) go to the bench's stderr.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
         let url = url.context("the server did not start")?;
         Ok(Self { child, url, base, parent })
     }

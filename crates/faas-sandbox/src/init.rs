@@ -247,8 +247,14 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         })?;
         bind_read_only(&agent.binary, &target)?;
     }
+    // A sandbox with a disk (an instance) keeps /tmp on it, and /dev/shm in /dev's tmpfs:
+    // every tmpfs is one more archive CRIU writes at a checkpoint and unpacks (with a tar
+    // process) at each restore.
+    let on_disk = spec.disk_image.is_some();
     let dev = root.join("dev");
-    mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=0755", "dev tmpfs")?;
+    let dev_opts =
+        if on_disk { format!("size={size},mode=0755") } else { "size=65536,mode=0755".into() };
+    mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, &dev_opts, "dev tmpfs")?;
     make_devices(&dev)?;
     mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
     mask_proc(&root.join("proc"), &dev.join("null"))?;
@@ -259,8 +265,15 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
     let shm = dev.join("shm");
     mkdir(&shm, 0o1777, "dev/shm")?;
     let tmpfs_opts = format!("size={size},mode=1777");
-    mount("tmpfs", &shm, "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "dev/shm")?;
-    mount("tmpfs", &root.join("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "tmp")?;
+    if on_disk {
+        let tmp = root.join("tmp");
+        mkdir(&tmp, 0o1777, "tmp")?;
+        // SAFETY: a valid C string; mkdir left the mode to the umask's mercy.
+        check(unsafe { libc::chmod(cpath(&tmp).as_ptr(), 0o1777) }, "tmp mode")?;
+    } else {
+        mount("tmpfs", &shm, "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "dev/shm")?;
+        mount("tmpfs", &root.join("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "tmp")?;
+    }
 
     let root_c = cpath(&root);
     let dot = cstr(b".");
@@ -503,11 +516,11 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     let Some(restore) = &msg.restore else {
         fail("setup", Failure { stage: "restore spec", errno: libc::EINVAL })
     };
-    let root = match restore_setup(ctx, msg) {
-        Ok(root) => root,
+    let (root, net_fd) = match restore_setup(ctx, msg) {
+        Ok(setup) => setup,
         Err(f) => fail("setup", f),
     };
-    let args = criu_restore_args(restore, &root);
+    let args = criu_restore_args(restore, &root, net_fd);
     let argv: Vec<*const libc::c_char> =
         args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let path_env = cstr(b"PATH=/usr/sbin:/usr/bin:/sbin:/bin");
@@ -550,7 +563,9 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<PathBuf, Failure> {
+/// Joins the cgroups, makes the mount namespace with the root's layers, and (when the
+/// images leave it out) the network namespace; returns the root and that namespace's fd.
+fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<(PathBuf, Option<i32>), Failure> {
     join_cgroups(msg.cgroup_fds)?;
     // SAFETY: plain syscalls without pointers.
     unsafe {
@@ -560,10 +575,25 @@ fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<PathBuf, Failure>
         check(libc::unshare(libc::CLONE_NEWNS), "mount namespace")?;
         libc::umask(0);
     }
-    mount_layers(ctx, &msg.spec)
+    let net_fd = match msg.restore.as_ref().and_then(|r| r.external_net.as_ref()) {
+        Some(_) => {
+            // SAFETY: unshare without pointers; open of a valid C string. The fd is
+            // inherited by CRIU (no CLOEXEC).
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNET), "network namespace")?;
+                loopback_up()?;
+                let path = cstr(b"/proc/self/ns/net");
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                check(fd, "network namespace fd")?;
+                Some(fd)
+            }
+        }
+        None => None,
+    };
+    Ok((mount_layers(ctx, &msg.spec)?, net_fd))
 }
 
-fn criu_restore_args(restore: &RestoreSpec, root: &Path) -> Vec<CString> {
+fn criu_restore_args(restore: &RestoreSpec, root: &Path, net_fd: Option<i32>) -> Vec<CString> {
     let mut args: Vec<String> = vec![
         restore.criu.to_string_lossy().into_owned(),
         "restore".into(),
@@ -590,6 +620,10 @@ fn criu_restore_args(restore: &RestoreSpec, root: &Path) -> Vec<CString> {
     for (key, path) in &restore.externals {
         args.push("--external".into());
         args.push(format!("mnt[{key}]:{}", path.display()));
+    }
+    if let (Some(fd), Some(key)) = (net_fd, &restore.external_net) {
+        args.push("--inherit-fd".into());
+        args.push(format!("fd[{fd}]:{key}"));
     }
     args.into_iter().map(|a| cstr(a.as_bytes())).collect()
 }

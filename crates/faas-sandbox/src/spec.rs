@@ -109,6 +109,10 @@ pub struct RestoreSpec {
     /// CRIU's kernel probe cache (`CRIU_KDAT_DIR`), if the host has one.
     #[serde(default)]
     pub kdat_dir: Option<PathBuf>,
+    /// The key of the network namespace the images leave out: the helper makes a new
+    /// one (loopback up) and hands it to CRIU under this key.
+    #[serde(default)]
+    pub external_net: Option<String>,
 }
 
 /// The launcher's answer; on success the sandbox's pidfd travels beside it.
