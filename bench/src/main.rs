@@ -67,14 +67,20 @@ struct Server {
 
 impl Server {
     fn start(faas: &PathBuf) -> anyhow::Result<Self> {
-        let parent = format!("faas-bench-{}", std::process::id());
+        Self::start_with(faas, "main", "")
+    }
+
+    /// A server named `name` (its own data and cgroups), with `extra` appended to its
+    /// configuration.
+    fn start_with(faas: &PathBuf, name: &str, extra: &str) -> anyhow::Result<Self> {
+        let parent = format!("faas-bench-{}-{name}", std::process::id());
         let base = std::env::temp_dir().join(&parent);
         std::fs::create_dir_all(&base)?;
         let config = base.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n[instances]\nmax_per_tenant = 100000\n[ssh]\nenabled = false\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n[instances]\nmax_per_tenant = 100000\n[ssh]\nenabled = false\n{extra}",
                 base.join("data").display(),
                 base.join("run").display()
             ),

@@ -623,3 +623,57 @@ async fn snapshots_live_in_the_blob_store_deduplicated_and_outlive_their_parents
     }
     assert_eq!(files_under(&blobs), 0);
 }
+
+#[tokio::test]
+async fn with_ksm_configured_restored_memory_is_mergeable() {
+    require_criu!();
+    let server = Server::start_with("[snapshots]\nksm = true\n").await;
+    let id = create(&server, ADMIN_KEY).await;
+    background(&server, &id, "exec sleep 600").await;
+    let snap = snapshot(&server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
+    // The original was not restored: its processes' memory is not marked.
+    let check = "grep -h merge_any /proc/self/ksm_stat /proc/$(pgrep -x sleep)/ksm_stat";
+    let stat = exec(&server, &id, check).await;
+    assert_eq!(stat["stdout"], "ksm_merge_any: no\nksm_merge_any: no\n", "{stat}");
+    // Restored processes (the sleep; the agent, whose children inherit it) are.
+    let copy = restore(&server, ADMIN_KEY, &snap).await;
+    let stat = exec(&server, &copy, check).await;
+    assert_eq!(stat["stdout"], "ksm_merge_any: yes\nksm_merge_any: yes\n", "{stat}");
+}
+
+#[tokio::test]
+async fn lazy_restores_serve_memory_on_demand_and_checkpoint_again() {
+    require_criu!();
+    // Every restore lazy: pages arrive as they are touched, the rest in the background.
+    let server = Server::start_with("[snapshots]\nlazy_restore_min_mb = 0\n").await;
+    let id = create(&server, ADMIN_KEY).await;
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let context = r.body["id"].as_str().expect("id").to_owned();
+    let load = "import random\ndata = random.Random(1).randbytes(48 << 20)\nx = 41";
+    run_in_context(&server, &id, &context, load).await;
+    let check = "x += 1\nimport hashlib\nprint(x, hashlib.sha256(data).hexdigest()[:12])";
+    let expected = run_in_context(
+        &server,
+        &id,
+        &context,
+        "import hashlib\nprint(hashlib.sha256(data).hexdigest()[:12])",
+    )
+    .await;
+    let digest = expected["stdout"].as_str().expect("stdout").trim().to_owned();
+    background(&server, &id, COUNTER).await;
+    let first = snapshot(&server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
+    let copy = restore(&server, ADMIN_KEY, &first).await;
+    let out = run_in_context(&server, &copy, &context, check).await;
+    assert_eq!(out["stdout"], format!("42 {digest}\n"));
+    // A checkpoint right away waits for every page to be in place, and is whole.
+    let second = snapshot(&server, ADMIN_KEY, &copy).await["id"].as_str().expect("id").to_owned();
+    let again = restore(&server, ADMIN_KEY, &second).await;
+    let out = run_in_context(&server, &again, &context, check).await;
+    assert_eq!(out["stdout"], format!("43 {digest}\n"));
+    let counted = count(&server, &again).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(count(&server, &again).await > counted, "the counter runs on in the copy");
+}

@@ -44,6 +44,17 @@ pub struct SnapshotConfig {
     /// Unpacked snapshot directories kept at hand for fast restores (the blob store holds
     /// every snapshot regardless); beyond it, the least recently used are evicted.
     pub hot_cache_mb: u64,
+    /// Mark restored (and branched) memory mergeable by KSM, so that branches share their
+    /// identical pages once the host's ksmd has scanned them. ksmd itself is host
+    /// configuration (/sys/kernel/mm/ksm/run), which the server does not change. Merging
+    /// spans every sandbox of the host, tenants included: it opens a timing side channel
+    /// between them, so it is off by default.
+    pub ksm: bool,
+    /// Restores of checkpoints with at least this much memory load it on demand
+    /// (userfaultfd lazy pages: the processes run at once, pages arrive as they are
+    /// touched and the rest in the background); smaller ones load it all first, which is
+    /// quicker for them. 0: always lazy.
+    pub lazy_restore_min_mb: u64,
 }
 
 impl Default for SnapshotConfig {
@@ -53,6 +64,8 @@ impl Default for SnapshotConfig {
             max_per_tenant: 100,
             max_branches: 16,
             hot_cache_mb: 16 << 10,
+            ksm: false,
+            lazy_restore_min_mb: 64,
         }
     }
 }

@@ -93,10 +93,18 @@ impl Engine {
         if let Err(e) = pools.agent() {
             tracing::warn!(error = %e, "cached mode and contexts are unavailable");
         }
-        let criu = faas_sandbox::Criu::detect(&config.snapshots.criu_path).map(|criu| {
-            let candidates = [config.run_dir.join("criu"), "/dev/shm/faas-criu".into()];
-            criu.with_kdat_cache(&candidates)
-        });
+        let freezer = sandboxes.cgroups().has_freezer();
+        let criu = faas_sandbox::Criu::detect(&config.snapshots.criu_path)
+            .and_then(|criu| match freezer {
+                true => Ok(criu),
+                false => Err("this host has no cgroup freezer (v1 'freezer' hierarchy) to hold \
+                              a sandbox still while it is captured"
+                    .to_owned()),
+            })
+            .map(|criu| {
+                let candidates = [config.run_dir.join("criu"), "/dev/shm/faas-criu".into()];
+                criu.with_kdat_cache(&candidates)
+            });
         if let Err(why) = &criu {
             tracing::warn!(%why, "snapshots of running instances are unavailable");
         }

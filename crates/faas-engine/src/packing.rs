@@ -83,7 +83,15 @@ pub(crate) fn spawn(engine: Weak<Engine>, mut jobs: mpsc::UnboundedReceiver<Pack
             let Some(engine) = engine.upgrade() else { return };
             let (what, id, done) = match job {
                 PackJob::Pack { tenant, id } => {
-                    let done = engine.pack_snapshot(&tenant, &id).await;
+                    let mut done = engine.pack_snapshot(&tenant, &id).await;
+                    if done.is_err() {
+                        // What the failed pack stored, no pack holds.
+                        let _ = engine.remove_unheld_chunks().await;
+                        // A snapshot deleted while it was packed is no failure.
+                        if let Ok(None) = engine.store.snapshot(&tenant, &id).await {
+                            done = Ok(());
+                        }
+                    }
                     ("packing", id, done)
                 }
                 PackJob::Release { id } => {
@@ -106,6 +114,22 @@ impl Engine {
     /// release), then queues the packs and releases left undone.
     pub(crate) async fn resume_packing(&self) -> Result<(), EngineError> {
         let work = self.store.pack_work().await?;
+        let removed = self.remove_unheld_chunks().await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed chunks no snapshot holds");
+        }
+        for id in work.unreleased {
+            self.packer.queue(PackJob::Release { id });
+        }
+        for (tenant, id) in work.unpacked {
+            self.packer.queue(PackJob::Pack { tenant, id });
+        }
+        Ok(())
+    }
+
+    /// Removes stored chunks no pack holds (only while no pack is under way: at start-up,
+    /// or from the packer itself).
+    async fn remove_unheld_chunks(&self) -> Result<usize, EngineError> {
         let held: HashSet<String> = self.store.chunk_digests().await?.into_iter().collect();
         let blobs = Arc::clone(&self.packer.blobs);
         let removed = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
@@ -121,16 +145,7 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Sandbox(faas_sandbox::RunError::Task(e)))?
         .map_err(io_error("clearing unheld chunks"))?;
-        if removed > 0 {
-            tracing::info!(removed, "removed chunks no snapshot holds");
-        }
-        for id in work.unreleased {
-            self.packer.queue(PackJob::Release { id });
-        }
-        for (tenant, id) in work.unpacked {
-            self.packer.queue(PackJob::Pack { tenant, id });
-        }
-        Ok(())
+        Ok(removed)
     }
 
     async fn pack_snapshot(&self, tenant: &str, id: &str) -> Result<(), EngineError> {

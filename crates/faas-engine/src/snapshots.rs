@@ -66,6 +66,17 @@ pub(crate) fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Eng
 }
 
 /// Bytes a directory tree occupies on disk (sparse files count what they hold).
+/// The process memory a checkpoint holds: CRIU's page images.
+fn memory_bytes(images: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(images) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 pub(crate) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -449,6 +460,9 @@ impl Engine {
                     images: &dir.join("images"),
                     work_dir: &work_dir,
                     record: checkpoint,
+                    ksm: self.config.snapshots.ksm,
+                    lazy: memory_bytes(&dir.join("images"))
+                        >= self.config.snapshots.lazy_restore_min_mb << 20,
                 },
                 spec,
                 limits,

@@ -55,6 +55,8 @@ pub struct AgentSandbox {
     /// Time the sandbox spent paused or frozen (checkpoints, disk copies): the host's
     /// deadlines do not count it.
     pub(crate) held: Hold,
+    /// The page server of a lazy restore, while it runs: a checkpoint waits for it.
+    pub(crate) lazy_pages: tokio::sync::Mutex<Option<Arc<OwnedFd>>>,
     /// Set when the host killed the sandbox (a missed deadline): it takes no more work.
     killed: std::sync::atomic::AtomicBool,
     uses: std::sync::atomic::AtomicU64,
@@ -84,7 +86,7 @@ impl Sandboxes {
         started: Result<StartedAgent, RunError>,
     ) -> Result<AgentSandbox, RunError> {
         match started {
-            Ok(StartedAgent { pid, pidfd, agent, pipe_inodes }) => Ok(AgentSandbox {
+            Ok(StartedAgent { pid, pidfd, agent, pipe_inodes, lazy_pages }) => Ok(AgentSandbox {
                 id,
                 sandboxes: Arc::clone(self),
                 cgroup: std::sync::Mutex::new(Some(cgroup)),
@@ -98,6 +100,7 @@ impl Sandboxes {
                 gid: spec.gid,
                 spec,
                 held: Hold::default(),
+                lazy_pages: tokio::sync::Mutex::new(lazy_pages.map(Arc::new)),
                 killed: std::sync::atomic::AtomicBool::new(false),
                 uses: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -149,7 +152,13 @@ impl Sandboxes {
             return Err(RunError::Setup { stage: "agent start".into(), errno: libc::ETIMEDOUT });
         }
         let agent = AgentClient::connect(host_requests, host_events).await?;
-        Ok(StartedAgent { pid: launched.pid, pidfd: launched.pidfd, agent, pipe_inodes })
+        Ok(StartedAgent {
+            pid: launched.pid,
+            pidfd: launched.pidfd,
+            agent,
+            pipe_inodes,
+            lazy_pages: None,
+        })
     }
 }
 
@@ -195,6 +204,8 @@ pub(crate) struct StartedAgent {
     pub pidfd: Arc<OwnedFd>,
     pub agent: AgentClient,
     pub pipe_inodes: (u64, u64),
+    /// A lazy restore's page server (pidfd), until it has put every page in place.
+    pub lazy_pages: Option<OwnedFd>,
 }
 
 impl AgentSandbox {

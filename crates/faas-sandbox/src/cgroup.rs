@@ -149,6 +149,11 @@ impl CgroupRoot {
         self.version
     }
 
+    /// Whether sandboxes can be frozen (always on v2; v1 needs the freezer hierarchy).
+    pub fn has_freezer(&self) -> bool {
+        self.version == CgroupVersion::V2 || self.parents.iter().any(|(c, _)| *c == "freezer")
+    }
+
     fn dirs(&self) -> Vec<&Path> {
         let mut dirs: Vec<&Path> = self.parents.iter().map(|(_, d)| d.as_path()).collect();
         dirs.sort();

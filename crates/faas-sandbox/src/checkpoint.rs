@@ -123,6 +123,7 @@ impl AgentSandbox {
     ) -> Result<CheckpointRecord, RunError> {
         let images = dir.join("images");
         std::fs::create_dir_all(&images).map_err(RunError::Io)?;
+        self.wait_lazy_pages().await?;
         let freezer = self.freezer()?;
         let _held = self.held.begin();
         let work = async {
@@ -155,6 +156,26 @@ impl AgentSandbox {
         })
     }
 
+    /// Waits until a lazy restore's page server has put every page in place: a frozen
+    /// sandbox, or CRIU's dump, must not fault on pages still to come.
+    async fn wait_lazy_pages(&self) -> Result<(), RunError> {
+        let mut lazy = self.lazy_pages.lock().await;
+        let Some(pidfd) = lazy.as_ref().map(Arc::clone) else { return Ok(()) };
+        // SAFETY: the Arc keeps the pidfd open, and the same descriptor, while it lives.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| RunError::Io(e.into()))?;
+        match tokio::time::timeout(LAZY_PAGES_TIMEOUT, fd.readable()).await {
+            Ok(Ok(_)) => {
+                *lazy = None;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(RunError::Io(e)),
+            Err(_) => Err(RunError::Checkpoint("the restored memory is still being loaded".into())),
+        }
+    }
+
     fn freezer(&self) -> Result<crate::cgroup::Freezer, RunError> {
         let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner());
         let cgroup =
@@ -171,6 +192,7 @@ impl AgentSandbox {
             .disk_image
             .clone()
             .ok_or_else(|| RunError::Checkpoint("the sandbox has no disk image".into()))?;
+        self.wait_lazy_pages().await?;
         let freezer = self.freezer()?;
         let _held = self.held.begin();
         freezer.freeze().await?;
@@ -235,6 +257,10 @@ pub struct RestoreFrom<'a> {
     pub images: &'a Path,
     pub work_dir: &'a Path,
     pub record: &'a CheckpointRecord,
+    /// Mark the restored memory mergeable by KSM (identical pages of branches shared).
+    pub ksm: bool,
+    /// Restore memory on demand (userfaultfd) rather than all before the tree runs.
+    pub lazy: bool,
 }
 
 impl Sandboxes {
@@ -258,6 +284,8 @@ impl Sandboxes {
             pipe_inodes: from.record.pipe_inodes,
             kdat_dir: from.criu.kdat_dir.clone(),
             external_net: from.record.external_net.then(|| EXTERNAL_NET.to_owned()),
+            ksm: from.ksm,
+            lazy: from.lazy,
             externals: external_keys(&spec).into_iter().map(|(k, _, source)| (k, source)).collect(),
         };
         let started = self.launch_restore(&id, &spec, &cgroup, restore).await.and_then(|agent| {
@@ -275,7 +303,9 @@ impl Sandboxes {
         restore: RestoreSpec,
     ) -> Result<StartedAgent, RunError> {
         let work_dir = restore.work_dir.clone();
+        let restore_criu = restore.criu.canonicalize().unwrap_or_else(|_| restore.criu.clone());
         std::fs::create_dir_all(&work_dir).map_err(RunError::Io)?;
+        let _ = std::fs::remove_file(work_dir.join("lazy-pages.pid"));
         let _ = std::fs::remove_file(work_dir.join("restored.pid"));
         let devnull = std::fs::File::open("/dev/null").map_err(RunError::Io)?;
         let (status_r, status_w) = pipe_pair()?;
@@ -303,8 +333,12 @@ impl Sandboxes {
             return Err(RunError::Checkpoint("the restore did not finish in time".into()));
         }
         let line = status.trim();
-        let pid: i32 = if let Some(pid) = line.strip_prefix("restored ") {
-            pid.parse().map_err(|_| RunError::Checkpoint(format!("restore said {line:?}")))?
+        let (pid, lazy_pid): (i32, Option<i32>) = if let Some(pids) = line.strip_prefix("restored ")
+        {
+            let bad = || RunError::Checkpoint(format!("restore said {line:?}"));
+            let mut pids = pids.split(' ').map(|p| p.parse::<i32>().map_err(|_| bad()));
+            let pid = pids.next().ok_or_else(bad)??;
+            (pid, pids.next().transpose()?)
         } else if line.starts_with("criu ") {
             return Err(criu_failed("restore", &work_dir.join("restore.log")));
         } else {
@@ -322,10 +356,20 @@ impl Sandboxes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), Arc::clone(&pidfd));
+        // The page server may have finished (and its pid been reused) already: only a
+        // process that is CRIU's counts.
+        let lazy_pages = lazy_pid.and_then(|pid| {
+            let pidfd = pidfd_open(pid).ok()?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (exe == restore_criu).then_some(pidfd)
+        });
         let agent = AgentClient::connect_restored(host_requests, host_events).await?;
-        Ok(StartedAgent { pid, pidfd, agent, pipe_inodes })
+        Ok(StartedAgent { pid, pidfd, agent, pipe_inodes, lazy_pages })
     }
 }
+
+/// How long a checkpoint waits for a lazy restore to finish loading memory.
+const LAZY_PAGES_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The key the images know the sandbox's network namespace by.
 const EXTERNAL_NET: &str = "net";

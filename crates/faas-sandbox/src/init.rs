@@ -507,7 +507,8 @@ fn write_files(spec: &LaunchSpec) -> Step {
 /// tree inherits), builds the root filesystem's layers in a mount namespace of its own,
 /// and runs `criu restore` on them with the agent's new control pipes in place of the
 /// checkpoint's. CRIU detaches the restored tree and exits; the launcher (a subreaper)
-/// inherits it. Reports `restored <pid>`, `criu <exit status>` or `setup <stage> <errno>`.
+/// inherits it. Reports `restored <pid>` (`restored <pid> <page server pid>` for a lazy
+/// restore), `criu <exit status>` or `setup <stage> <errno>`.
 pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     if arrange_fds(msg, fds).is_err() {
         // SAFETY: see fail().
@@ -516,13 +517,6 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     let Some(restore) = &msg.restore else {
         fail("setup", Failure { stage: "restore spec", errno: libc::EINVAL })
     };
-    let (root, net_fd) = match restore_setup(ctx, msg) {
-        Ok(setup) => setup,
-        Err(f) => fail("setup", f),
-    };
-    let args = criu_restore_args(restore, &root, net_fd);
-    let argv: Vec<*const libc::c_char> =
-        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let path_env = cstr(b"PATH=/usr/sbin:/usr/bin:/sbin:/bin");
     let kdat_env = restore
         .kdat_dir
@@ -534,6 +528,46 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
             .flatten()
             .chain(std::iter::once(std::ptr::null()))
             .collect();
+    if restore.lazy {
+        // The page server for the restored memory, started before the helper joins the
+        // sandbox's cgroups: a freeze of the sandbox must not freeze the process that
+        // serves its page faults. It daemonizes once its socket is ready, and exits once
+        // every page is in place.
+        let code = spawn_and_wait(&criu_lazy_pages_args(restore), &env);
+        if code != 0 {
+            report(&format!("criu {code}\n"));
+            // SAFETY: see fail().
+            unsafe { libc::_exit(1) }
+        }
+    }
+    let (root, net_fd) = match restore_setup(ctx, msg) {
+        Ok(setup) => setup,
+        Err(f) => fail("setup", f),
+    };
+    let code = spawn_and_wait(&criu_restore_args(restore, &root, net_fd), &env);
+    if code != 0 {
+        report(&format!("criu {code}\n"));
+        // SAFETY: see fail().
+        unsafe { libc::_exit(1) }
+    }
+    let read_pid = |name: &str| std::fs::read_to_string(restore.work_dir.join(name));
+    match read_pid("restored.pid") {
+        Ok(pid) if restore.lazy => match read_pid("lazy-pages.pid") {
+            Ok(lazy) => report(&format!("restored {} {}\n", pid.trim(), lazy.trim())),
+            Err(e) => report(&format!("setup pidfile {}\n", e.raw_os_error().unwrap_or(libc::EIO))),
+        },
+        Ok(pid) => report(&format!("restored {}\n", pid.trim())),
+        Err(e) => report(&format!("setup pidfile {}\n", e.raw_os_error().unwrap_or(libc::EIO))),
+    }
+    // SAFETY: see fail().
+    unsafe { libc::_exit(0) }
+}
+
+/// Runs `args` (a program and its arguments) with `env` and waits: its exit status, or
+/// 128 when a signal ended it. Fails the helper if it cannot fork.
+fn spawn_and_wait(args: &[CString], env: &[*const libc::c_char]) -> i32 {
+    let argv: Vec<*const libc::c_char> =
+        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     // SAFETY: fork of a single-threaded process; the child only execs or _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -549,18 +583,24 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && errno() == libc::EINTR {}
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 };
-    if code != 0 {
-        report(&format!("criu {code}\n"));
-        // SAFETY: see fail().
-        unsafe { libc::_exit(1) }
-    }
-    match std::fs::read_to_string(restore.work_dir.join("restored.pid")) {
-        Ok(pid) => report(&format!("restored {}\n", pid.trim())),
-        Err(e) => report(&format!("setup pidfile {}\n", e.raw_os_error().unwrap_or(libc::EIO))),
-    }
-    // SAFETY: see fail().
-    unsafe { libc::_exit(0) }
+    if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 }
+}
+
+fn criu_lazy_pages_args(restore: &RestoreSpec) -> Vec<CString> {
+    let args: Vec<String> = vec![
+        restore.criu.to_string_lossy().into_owned(),
+        "lazy-pages".into(),
+        "--daemon".into(),
+        "--images-dir".into(),
+        restore.images.to_string_lossy().into_owned(),
+        "--work-dir".into(),
+        restore.work_dir.to_string_lossy().into_owned(),
+        "--log-file".into(),
+        "lazy-pages.log".into(),
+        "--pidfile".into(),
+        "lazy-pages.pid".into(),
+    ];
+    args.into_iter().map(|a| cstr(a.as_bytes())).collect()
 }
 
 /// Joins the cgroups, makes the mount namespace with the root's layers, and (when the
@@ -574,6 +614,12 @@ fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<(PathBuf, Option<
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         check(libc::unshare(libc::CLONE_NEWNS), "mount namespace")?;
         libc::umask(0);
+    }
+    if msg.restore.as_ref().is_some_and(|r| r.ksm) {
+        // Inherited by CRIU (exec) and the tree it forks: every mapping they make is
+        // mergeable, so identical pages of branches can be shared once ksmd scans them.
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) }, "ksm")?;
     }
     let net_fd = match msg.restore.as_ref().and_then(|r| r.external_net.as_ref()) {
         Some(_) => {
@@ -620,6 +666,9 @@ fn criu_restore_args(restore: &RestoreSpec, root: &Path, net_fd: Option<i32>) ->
     for (key, path) in &restore.externals {
         args.push("--external".into());
         args.push(format!("mnt[{key}]:{}", path.display()));
+    }
+    if restore.lazy {
+        args.push("--lazy-pages".into());
     }
     if let (Some(fd), Some(key)) = (net_fd, &restore.external_net) {
         args.push("--inherit-fd".into());

@@ -113,6 +113,13 @@ pub struct RestoreSpec {
     /// one (loopback up) and hands it to CRIU under this key.
     #[serde(default)]
     pub external_net: Option<String>,
+    /// Mark every mapping of the restored tree mergeable by KSM (inherited from CRIU).
+    #[serde(default)]
+    pub ksm: bool,
+    /// Restore memory on demand (userfaultfd): a `criu lazy-pages` daemon serves the
+    /// pages as they are touched and fills in the rest in the background.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 /// The launcher's answer; on success the sandbox's pidfd travels beside it.
