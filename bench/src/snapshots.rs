@@ -114,18 +114,16 @@ async fn sizes(client: &reqwest::Client, server: &Server, args: &Args) -> anyhow
     for mib in [1u64, 50, 500] {
         let n = if mib >= 500 { runs.min(5) } else { runs };
         let id = state_instance(client, server, mib).await?;
-        let (mut checkpoints, mut restores) = (Vec::new(), Vec::new());
+        let mut checkpoints = Vec::new();
         for _ in 0..n {
             let start = Instant::now();
             let snap = snapshot(client, server, &id).await?;
             checkpoints.push(ms(start));
-            let start = Instant::now();
-            let copy = restore(client, server, &snap).await?;
-            exec_true(client, server, &copy).await?;
-            restores.push(ms(start));
-            delete(client, server, &copy).await?;
             delete_snapshot(client, server, &snap).await?;
         }
+        let snap = snapshot(client, server, &id).await?;
+        let restores = restores(client, server, &snap, n).await?;
+        delete_snapshot(client, server, &snap).await?;
         delete(client, server, &id).await?;
         rows.push(Stats {
             name: format!("checkpoint, {mib} MiB of Python state"),
@@ -141,11 +139,86 @@ async fn sizes(client: &reqwest::Client, server: &Server, args: &Args) -> anyhow
     Ok(())
 }
 
+/// `count` branches of `snap`: their instance ids.
+async fn branch(
+    client: &reqwest::Client,
+    server: &Server,
+    snap: &str,
+    count: u32,
+) -> anyhow::Result<Vec<String>> {
+    let url = format!("{}/api/v1/branches", server.url);
+    let made: Value = post(client, url, json!({"snapshot_id": snap, "count": count})).await?;
+    Ok(made["instances"]
+        .as_array()
+        .context("instances")?
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Waits until the server has stored the snapshot in its blob store (packing competes
+/// for the CPU with whatever runs meanwhile; a snapshot is usually restored later).
+async fn packed(client: &reqwest::Client, server: &Server, snap: &str) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/snapshots/{snap}", server.url);
+    for _ in 0..600 {
+        let got: Value = client.get(&url).bearer_auth(ADMIN_KEY).send().await?.json().await?;
+        if got["stored_bytes"].is_u64() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("snapshot {snap} was not packed in 60 s")
+}
+
+/// `n` restores of `snap`, each until its first exec answers (the copy is deleted after).
+async fn restores(
+    client: &reqwest::Client,
+    server: &Server,
+    snap: &str,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    packed(client, server, snap).await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let copy = restore(client, server, snap).await?;
+        exec_true(client, server, &copy).await?;
+        samples.push(ms(start));
+        delete(client, server, &copy).await?;
+    }
+    Ok(samples)
+}
+
+/// Lazy (userfaultfd) against eager restores of each size, on servers set to one or the
+/// other: where lazy wins.
+async fn lazy_vs_eager(client: &reqwest::Client, args: &Args) -> anyhow::Result<()> {
+    let runs = args.runs.min(30);
+    let mut tables: Vec<Vec<Stats>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for (label, min_mb) in [("eager", 1u64 << 30), ("lazy", 0)] {
+        let config = format!("[snapshots]\nlazy_restore_min_mb = {min_mb}\n");
+        let server = Server::start_with(&args.faas, label, &config)?;
+        for (i, mib) in [1u64, 50, 500].into_iter().enumerate() {
+            let n = if mib >= 500 { runs.min(5) } else { runs };
+            let id = state_instance(client, &server, mib).await?;
+            let snap = snapshot(client, &server, &id).await?;
+            let samples = restores(client, &server, &snap, n).await?;
+            tables[i].push(Stats { name: format!("{label}, {mib} MiB"), samples });
+            delete_snapshot(client, &server, &snap).await?;
+            delete(client, &server, &id).await?;
+        }
+    }
+    for (rows, mib) in tables.iter().zip([1, 50, 500]) {
+        print_table(&format!("Restore + first exec of {mib} MiB: lazy against eager"), rows, 2);
+    }
+    Ok(())
+}
+
 /// 8 branches of a 100 MiB state: time until all run, and the host memory they hold.
 async fn branches(client: &reqwest::Client, server: &Server, args: &Args) -> anyhow::Result<()> {
     let id = state_instance(client, server, 100).await?;
     let snap = snapshot(client, server, &id).await?;
     delete(client, server, &id).await?;
+    packed(client, server, &snap).await?;
     let mut times = Vec::new();
     for _ in 0..args.runs.min(10) {
         let start = Instant::now();
@@ -166,14 +239,7 @@ async fn branches(client: &reqwest::Client, server: &Server, args: &Args) -> any
     settle().await;
     let one_copy = pss_mib(server, std::slice::from_ref(&single));
     delete(client, server, &single).await?;
-    let url = format!("{}/api/v1/branches", server.url);
-    let made: Value = post(client, url, json!({"snapshot_id": snap, "count": 8})).await?;
-    let ids: Vec<String> = made["instances"]
-        .as_array()
-        .context("instances")?
-        .iter()
-        .filter_map(|i| i["id"].as_str().map(str::to_owned))
-        .collect();
+    let ids = branch(client, server, &snap, 8).await?;
     settle().await;
     let eight = pss_mib(server, &ids);
     for id in &ids {
@@ -238,18 +304,12 @@ async fn ksm_branches(client: &reqwest::Client, args: &Args) -> anyhow::Result<(
     let id = state_instance(client, &server, 100).await?;
     let snap = snapshot(client, &server, &id).await?;
     delete(client, &server, &id).await?;
+    packed(client, &server, &snap).await?;
     let ksmd = Ksmd::enable()?;
     let single = restore(client, &server, &snap).await?;
     let (one_copy, _) = settled_pss(&server, std::slice::from_ref(&single)).await;
     delete(client, &server, &single).await?;
-    let url = format!("{}/api/v1/branches", server.url);
-    let made: Value = post(client, url, json!({"snapshot_id": snap, "count": 8})).await?;
-    let ids: Vec<String> = made["instances"]
-        .as_array()
-        .context("instances")?
-        .iter()
-        .filter_map(|i| i["id"].as_str().map(str::to_owned))
-        .collect();
+    let ids = branch(client, &server, &snap, 8).await?;
     let (eight, took) = settled_pss(&server, &ids).await;
     drop(ksmd);
     for id in &ids {
@@ -270,6 +330,7 @@ pub fn run(
     args: &Args,
 ) -> anyhow::Result<()> {
     runtime.block_on(sizes(client, server, args))?;
+    runtime.block_on(lazy_vs_eager(client, args))?;
     runtime.block_on(branches(client, server, args))?;
     runtime.block_on(ksm_branches(client, args))
 }

@@ -65,7 +65,7 @@ impl Default for SnapshotConfig {
             max_branches: 16,
             hot_cache_mb: 16 << 10,
             ksm: false,
-            lazy_restore_min_mb: 64,
+            lazy_restore_min_mb: 16,
         }
     }
 }

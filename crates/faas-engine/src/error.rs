@@ -46,3 +46,15 @@ pub enum EngineError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+/// An error and its sources, one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -25,7 +25,7 @@ use faas_store::{SqliteStore, Store};
 use tokio::sync::Semaphore;
 
 pub use config::Config;
-pub use error::EngineError;
+pub use error::{EngineError, error_chain};
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
 pub use instances::{FileRead, Following, InstanceExecAnswer, InstanceSession, SessionSpec};

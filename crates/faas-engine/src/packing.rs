@@ -100,10 +100,10 @@ pub(crate) fn spawn(engine: Weak<Engine>, mut jobs: mpsc::UnboundedReceiver<Pack
                 }
             };
             if let Err(e) = done {
-                tracing::warn!(snapshot = %id, error = %chain(&e), "{what} a snapshot");
+                tracing::warn!(snapshot = %id, error = %crate::error_chain(&e), "{what} a snapshot");
             }
             if let Err(e) = engine.evict_hot().await {
-                tracing::warn!(error = %chain(&e), "evicting snapshot directories");
+                tracing::warn!(error = %crate::error_chain(&e), "evicting snapshot directories");
             }
         }
     });
@@ -273,16 +273,4 @@ impl Engine {
         .map_err(io_error("unpacking a snapshot"))?;
         Ok(lease)
     }
-}
-
-/// An error and its sources, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

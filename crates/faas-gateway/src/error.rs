@@ -82,18 +82,6 @@ impl ApiError {
     }
 }
 
-/// The error and its sources, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
 fn body(status: StatusCode, code: &str, message: String) -> Response {
     let body = ErrorBody { error: ErrorDetail { code: code.into(), message } };
     (status, axum::Json(body)).into_response()
@@ -104,7 +92,7 @@ impl ApiError {
     pub fn detail(&self) -> ErrorDetail {
         let (status, code) = self.status_and_code();
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %chain(self), "request failed");
+            tracing::error!(error = %faas_engine::error_chain(self), "request failed");
             "internal error; the server log has the details".into()
         } else {
             self.to_string()
@@ -117,7 +105,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            let detail = chain(&self);
+            let detail = faas_engine::error_chain(&self);
             tracing::error!(error = %detail, "request failed");
             match &self {
                 // The failing setup step is useful to the operator and reveals nothing.
