@@ -75,7 +75,8 @@ async fn a_restore_continues_processes_files_and_servers() {
     background(&server, &id, COUNTER).await;
     background(&server, &id, "exec /usr/bin/python3 -m http.server 8080 --directory /home/user")
         .await;
-    exec(&server, &id, "echo kept > /home/user/f").await;
+    exec(&server, &id, "echo kept > /home/user/f && echo shm > /dev/shm/s && echo tmp > /tmp/t")
+        .await;
     let ready = exec(
         &server,
         &id,
@@ -105,6 +106,13 @@ async fn a_restore_continues_processes_files_and_servers() {
     let later = count(&server, &copy).await;
     assert!(later > first, "the counter runs on in the copy ({later} <= {first})");
     assert_eq!(exec(&server, &copy, "cat /home/user/f").await["stdout"], "kept\n");
+    // /dev is made anew, /tmp and /dev/shm come with the disk.
+    let out = exec(&server, &copy, "cat /dev/shm/s /tmp/t && echo x > /dev/null && ls /dev").await;
+    assert_eq!(
+        out["stdout"],
+        "shm\ntmp\nfd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n",
+        "{out}"
+    );
     // The server inside serves in the copy, through the port proxy.
     let r = server
         .request(

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use faas_api::{ChangeKind, InstanceStatus, MergeRequest, MergeResult, MergedChange};
-use faas_sandbox::checkpoint::copy_sparse;
+use faas_sandbox::checkpoint::{copy_sparse, copy_sparse_durable};
 use faas_sandbox::disk::{DiskImage, with_mounted};
 
 use crate::plan::invalid;
@@ -416,7 +416,7 @@ impl Engine {
         }
         let merged = partial.join("disk.img");
         let (source, target) = (images[0].path.clone(), merged.clone());
-        tokio::task::spawn_blocking(move || copy_sparse(&source, &target))
+        tokio::task::spawn_blocking(move || copy_sparse_durable(&source, &target))
             .await
             .map_err(|e| EngineError::Sandbox(faas_sandbox::RunError::Task(e)))?
             .map_err(io("copying the base disk"))?;

@@ -16,7 +16,7 @@ use faas_api::{
     BranchRequest, BranchResponse, CreateSnapshotRequest, Instance, InstanceStatus,
     RestoreSnapshotRequest, Snapshot, SnapshotKind, SnapshotTree, TreeInstance,
 };
-use faas_sandbox::checkpoint::{RestoreFrom, copy_sparse};
+use faas_sandbox::checkpoint::{RestoreFrom, copy_sparse, copy_sparse_durable};
 use faas_sandbox::{AgentSandbox, AgentSpec, CheckpointRecord, Criu, Limits};
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +172,7 @@ impl Engine {
             }
             InstanceStatus::Stopped | InstanceStatus::Failed => {
                 let (source, copy) = (self.instance_disk(&record.id), partial.join("disk.img"));
-                tokio::task::spawn_blocking(move || copy_sparse(&source, &copy))
+                tokio::task::spawn_blocking(move || copy_sparse_durable(&source, &copy))
                     .await
                     .map_err(|e| EngineError::Sandbox(faas_sandbox::RunError::Task(e)))?
                     .map_err(io_error("copying the instance's disk"))

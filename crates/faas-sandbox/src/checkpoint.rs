@@ -96,6 +96,10 @@ pub struct CheckpointRecord {
     /// `iptables` dumps, which costs tens of milliseconds.
     #[serde(default)]
     pub external_net: bool,
+    /// /dev (device nodes and links only, the same in every sandbox) was left out of the
+    /// images: a restore makes it anew instead of unpacking CRIU's archive of it.
+    #[serde(default)]
+    pub external_dev: bool,
 }
 
 /// The external mounts' keys in a checkpoint: each bind by its position, and the agent.
@@ -133,7 +137,7 @@ impl AgentSandbox {
                     let (pid, source, copy) = (self.pid, source.clone(), copy.to_owned());
                     tokio::task::spawn_blocking(move || {
                         sync_sandbox_fs(pid)?;
-                        copy_sparse(&source, &copy)
+                        copy_sparse_durable(&source, &copy)
                     })
                     .await
                     .map_err(RunError::Task)?
@@ -153,6 +157,7 @@ impl AgentSandbox {
             pipe_inodes: self.pipe_inodes,
             spec: self.spec.clone(),
             external_net: true,
+            external_dev: self.spec.disk_image.is_some(),
         })
     }
 
@@ -236,6 +241,9 @@ impl AgentSandbox {
         }
         let net = std::fs::metadata(format!("/proc/{}/ns/net", self.pid)).map_err(RunError::Io)?;
         cmd.arg("--external").arg(format!("net[{}]:{EXTERNAL_NET}", net.ino()));
+        if self.spec.disk_image.is_some() {
+            cmd.arg("--external").arg(format!("mnt[/dev]:{EXTERNAL_DEV}"));
+        }
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -284,6 +292,7 @@ impl Sandboxes {
             pipe_inodes: from.record.pipe_inodes,
             kdat_dir: from.criu.kdat_dir.clone(),
             external_net: from.record.external_net.then(|| EXTERNAL_NET.to_owned()),
+            external_dev: from.record.external_dev.then(|| EXTERNAL_DEV.to_owned()),
             ksm: from.ksm,
             lazy: from.lazy,
             externals: external_keys(&spec).into_iter().map(|(k, _, source)| (k, source)).collect(),
@@ -371,8 +380,9 @@ impl Sandboxes {
 /// How long a checkpoint waits for a lazy restore to finish loading memory.
 const LAZY_PAGES_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The key the images know the sandbox's network namespace by.
+/// The keys the images know the sandbox's network namespace and /dev by.
 const EXTERNAL_NET: &str = "net";
+const EXTERNAL_DEV: &str = "dev";
 
 /// Processes the restore helper and CRIU may add to a sandbox's cgroup while restoring.
 const RESTORE_PIDS: u32 = 16;
@@ -443,7 +453,13 @@ pub fn copy_sparse(source: &Path, target: &Path) -> io::Result<u64> {
         }
         offset = end;
     }
-    dst.sync_all()?;
+    Ok(copied)
+}
+
+/// [`copy_sparse`], on disk before it returns: for copies a record will point at.
+pub fn copy_sparse_durable(source: &Path, target: &Path) -> io::Result<u64> {
+    let copied = copy_sparse(source, target)?;
+    std::fs::File::open(target)?.sync_all()?;
     Ok(copied)
 }
 

@@ -247,34 +247,32 @@ fn mount_root(ctx: &Context, spec: &LaunchSpec) -> Step {
         })?;
         bind_read_only(&agent.binary, &target)?;
     }
-    // A sandbox with a disk (an instance) keeps /tmp on it, and /dev/shm in /dev's tmpfs:
-    // every tmpfs is one more archive CRIU writes at a checkpoint and unpacks (with a tar
-    // process) at each restore.
+    // A sandbox with a disk (an instance) keeps /tmp and /dev/shm on it: every tmpfs is
+    // one more archive CRIU writes at a checkpoint and unpacks (with a tar process) at
+    // each restore. What is left in /dev's tmpfs is the same in every sandbox, so a
+    // restore makes it anew (`make_dev`) instead.
     let on_disk = spec.disk_image.is_some();
     let dev = root.join("dev");
-    let dev_opts =
-        if on_disk { format!("size={size},mode=0755") } else { "size=65536,mode=0755".into() };
-    mount("tmpfs", &dev, "tmpfs", MS_NOSUID | MS_NOEXEC, &dev_opts, "dev tmpfs")?;
-    make_devices(&dev)?;
+    make_dev(&dev)?;
     mount("proc", &root.join("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "", "proc")?;
     mask_proc(&root.join("proc"), &dev.join("null"))?;
-    let pts = dev.join("pts");
-    mkdir(&pts, 0o755, "dev/pts")?;
     let pts_opts = "newinstance,ptmxmode=0666,mode=0620";
-    mount("devpts", &pts, "devpts", MS_NOSUID | MS_NOEXEC, pts_opts, "devpts")?;
+    mount("devpts", &dev.join("pts"), "devpts", MS_NOSUID | MS_NOEXEC, pts_opts, "devpts")?;
     let shm = dev.join("shm");
-    mkdir(&shm, 0o1777, "dev/shm")?;
     let tmpfs_opts = format!("size={size},mode=1777");
     if on_disk {
-        let tmp = root.join("tmp");
-        mkdir(&tmp, 0o1777, "tmp")?;
-        // SAFETY: a valid C string; mkdir left the mode to the umask's mercy.
-        check(unsafe { libc::chmod(cpath(&tmp).as_ptr(), 0o1777) }, "tmp mode")?;
+        let (tmp, disk_shm) = (root.join("tmp"), root.join(DISK_SHM.trim_start_matches('/')));
+        for dir in [&tmp, &disk_shm] {
+            mkdir(dir, 0o1777, "tmp dirs")?;
+            // SAFETY: a valid C string; an existing directory keeps its mode otherwise.
+            check(unsafe { libc::chmod(cpath(dir).as_ptr(), 0o1777) }, "tmp mode")?;
+        }
+        let flags = libc::MS_BIND | MS_NOSUID | MS_NODEV;
+        mount(&disk_shm.to_string_lossy(), &shm, "", flags, "", "dev/shm")?;
     } else {
         mount("tmpfs", &shm, "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "dev/shm")?;
         mount("tmpfs", &root.join("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, &tmpfs_opts, "tmp")?;
     }
-
     let root_c = cpath(&root);
     let dot = cstr(b".");
     // SAFETY: valid C strings; pivot_root(".", ".") stacks the old root under the new one,
@@ -405,6 +403,19 @@ pub(crate) fn attach_loop(image: &Path, read_only: bool) -> Result<(PathBuf, i32
 }
 
 /// The minimal /dev: character devices, the pty multiplexer and the usual links.
+/// Where an instance's /dev/shm lives on its disk.
+const DISK_SHM: &str = "/.faas/shm";
+
+/// /dev: a small tmpfs with the device nodes, links, and mount points for devpts and
+/// /dev/shm; the same in every sandbox.
+pub(crate) fn make_dev(dev: &Path) -> Step {
+    use libc::{MS_NOEXEC, MS_NOSUID};
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=0755", "dev tmpfs")?;
+    make_devices(dev)?;
+    mkdir(&dev.join("pts"), 0o755, "dev/pts")?;
+    mkdir(&dev.join("shm"), 0o1777, "dev/shm")
+}
+
 fn make_devices(dev: &Path) -> Step {
     const DEVICES: [(&str, u32, u32); 6] = [
         ("null", 1, 3),
@@ -544,7 +555,7 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
         Ok(setup) => setup,
         Err(f) => fail("setup", f),
     };
-    let code = spawn_and_wait(&criu_restore_args(restore, &root, net_fd), &env);
+    let code = spawn_and_wait(&criu_restore_args(restore, &root, &ctx.scratch, net_fd), &env);
     if code != 0 {
         report(&format!("criu {code}\n"));
         // SAFETY: see fail().
@@ -636,10 +647,21 @@ fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<(PathBuf, Option<
         }
         None => None,
     };
-    Ok((mount_layers(ctx, &msg.spec)?, net_fd))
+    let root = mount_layers(ctx, &msg.spec)?;
+    if msg.restore.as_ref().is_some_and(|r| r.external_dev.is_some()) {
+        let dev = ctx.scratch.join("dev");
+        mkdir(&dev, 0o755, "dev dir")?;
+        make_dev(&dev)?;
+    }
+    Ok((root, net_fd))
 }
 
-fn criu_restore_args(restore: &RestoreSpec, root: &Path, net_fd: Option<i32>) -> Vec<CString> {
+fn criu_restore_args(
+    restore: &RestoreSpec,
+    root: &Path,
+    scratch: &Path,
+    net_fd: Option<i32>,
+) -> Vec<CString> {
     let mut args: Vec<String> = vec![
         restore.criu.to_string_lossy().into_owned(),
         "restore".into(),
@@ -669,6 +691,10 @@ fn criu_restore_args(restore: &RestoreSpec, root: &Path, net_fd: Option<i32>) ->
     }
     if restore.lazy {
         args.push("--lazy-pages".into());
+    }
+    if let Some(key) = &restore.external_dev {
+        args.push("--external".into());
+        args.push(format!("mnt[{key}]:{}", scratch.join("dev").display()));
     }
     if let (Some(fd), Some(key)) = (net_fd, &restore.external_net) {
         args.push("--inherit-fd".into());

@@ -120,6 +120,9 @@ pub struct RestoreSpec {
     /// pages as they are touched and fills in the rest in the background.
     #[serde(default)]
     pub lazy: bool,
+    /// The key of the /dev mount the images leave out (the helper makes it anew).
+    #[serde(default)]
+    pub external_dev: Option<String>,
 }
 
 /// The launcher's answer; on success the sandbox's pidfd travels beside it.
