@@ -406,6 +406,7 @@ impl Engine {
         manifest: Manifest,
     ) -> Result<Instance, EngineError> {
         let instance_id = live.record().id;
+        let started = Instant::now();
         let (source, copy) =
             (self.snapshot_dir(snapshot_id).join("disk.img"), self.instance_disk(&instance_id));
         let copied = async {
@@ -422,10 +423,13 @@ impl Engine {
             self.transition(live, InstanceStatus::Failed, Some(format!("restoring: {e}"))).await?;
             return Err(e);
         }
+        let copy_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &manifest.checkpoint {
             None => self.boot(live).await,
             Some(checkpoint) => {
                 let restored = self.restore_sandbox(live, snapshot_id, checkpoint).await;
+                let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::debug!(instance = %instance_id, copy_ms, total_ms, "restored");
                 let instance = self.booted(live, restored).await?;
                 *live.contexts.lock().unwrap_or_else(|e| e.into_inner()) = manifest.contexts;
                 Ok(instance)

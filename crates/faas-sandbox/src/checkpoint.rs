@@ -330,6 +330,7 @@ impl Sandboxes {
             pipes.agent_events.as_raw_fd(),
         ];
         // The helper's pidfd: it ends once CRIU has.
+        let started = std::time::Instant::now();
         let helper = self.launch(id, spec, cgroup, fds, false, Some(restore)).await?;
         self.unregister(id);
         let ControlPipes { host_requests, host_events, agent_requests, agent_events } = pipes;
@@ -341,7 +342,10 @@ impl Sandboxes {
             crate::run::kill(helper.pidfd.as_raw_fd());
             return Err(RunError::Checkpoint("the restore did not finish in time".into()));
         }
-        let line = status.trim();
+        let helper_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // `time` lines mark the helper's stages; the last line is its answer.
+        let laps: Vec<&str> = status.lines().filter_map(|l| l.strip_prefix("time ")).collect();
+        let line = status.lines().rfind(|l| !l.starts_with("time ")).unwrap_or("").trim();
         let (pid, lazy_pid): (i32, Option<i32>) = if let Some(pids) = line.strip_prefix("restored ")
         {
             let bad = || RunError::Checkpoint(format!("restore said {line:?}"));
@@ -373,6 +377,9 @@ impl Sandboxes {
             (exe == restore_criu).then_some(pidfd)
         });
         let agent = AgentClient::connect_restored(host_requests, host_events).await?;
+        let connected_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(sandbox = %id, helper_ms, connected_ms, lazy = lazy_pages.is_some(),
+            laps = %laps.join(", "), "criu restore");
         Ok(StartedAgent { pid, pidfd, agent, pipe_inodes, lazy_pages })
     }
 }

@@ -183,6 +183,11 @@ fn bind_read_only(source: &Path, target: &Path) -> Step {
     mount("none", target, "", flags, "", "bind mount read-only")
 }
 
+/// Where `mount_layers` puts the sandbox's root.
+fn overlay_root(ctx: &Context) -> PathBuf {
+    ctx.scratch.join("root")
+}
+
 /// The root filesystem's layers in the private mount namespace: the scratch tmpfs, the
 /// disk image if any, and the overlay of the image on them. Returns the overlay's path.
 fn mount_layers(ctx: &Context, spec: &LaunchSpec) -> Result<PathBuf, Failure> {
@@ -212,7 +217,7 @@ fn mount_layers(ctx: &Context, spec: &LaunchSpec) -> Result<PathBuf, Failure> {
         }
         None => scratch.to_path_buf(),
     };
-    let (upper, work, root) = (layer.join("upper"), layer.join("work"), scratch.join("root"));
+    let (upper, work, root) = (layer.join("upper"), layer.join("work"), overlay_root(ctx));
     for dir in [&upper, &work, &root] {
         mkdir(dir, 0o755, "scratch dirs")?;
     }
@@ -513,13 +518,15 @@ fn write_files(spec: &LaunchSpec) -> Step {
     Ok(())
 }
 
-/// The restore helper, a plain fork of the launcher in the host's namespaces: it joins
-/// the new sandbox's cgroups (and a cgroup namespace rooted there, which the restored
-/// tree inherits), builds the root filesystem's layers in a mount namespace of its own,
-/// and runs `criu restore` on them with the agent's new control pipes in place of the
-/// checkpoint's. CRIU detaches the restored tree and exits; the launcher (a subreaper)
-/// inherits it. Reports `restored <pid>` (`restored <pid> <page server pid>` for a lazy
-/// restore), `criu <exit status>` or `setup <stage> <errno>`.
+/// The restore helper, a plain fork of the launcher in the host's namespaces. It builds
+/// the root filesystem's layers in a mount namespace of its own (and a network namespace
+/// when the images leave theirs out), starts the page server of a lazy restore, while
+/// its child joins the new sandbox's cgroups (and a cgroup namespace rooted there, which
+/// the restored tree inherits), enters those namespaces and runs `criu restore` with the
+/// agent's new control pipes in place of the checkpoint's. CRIU detaches the restored
+/// tree and exits; the launcher (a subreaper) inherits it. Reports `time <stage> <ms>`
+/// lines as it goes, then `restored <pid>` (`restored <pid> <page server pid>` for a
+/// lazy restore), `criu <exit status>` or `setup <stage> <errno>`.
 pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     if arrange_fds(msg, fds).is_err() {
         // SAFETY: see fail().
@@ -539,25 +546,72 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
             .flatten()
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-    if restore.lazy {
-        // The page server for the restored memory, started before the helper joins the
-        // sandbox's cgroups: a freeze of the sandbox must not freeze the process that
-        // serves its page faults. It daemonizes once its socket is ready, and exits once
-        // every page is in place.
-        let code = spawn_and_wait(&criu_lazy_pages_args(restore), &env);
-        if code != 0 {
-            report(&format!("criu {code}\n"));
-            // SAFETY: see fail().
-            unsafe { libc::_exit(1) }
-        }
+    // SAFETY: plain syscalls without pointers.
+    unsafe {
+        // The helper must not outlive the launcher; CRIU, its child, must be waited for.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        libc::umask(0);
     }
-    let (root, net_fd) = match restore_setup(ctx, msg) {
-        Ok(setup) => setup,
+    let clock = std::time::Instant::now();
+    let lap =
+        |stage: &str| report(&format!("time {stage} {:.2}\n", clock.elapsed().as_secs_f64() * 1e3));
+    // CRIU's process starts at once: joining the sandbox's cgroups costs it an RCU grace
+    // period (~15 ms on cgroup v1), time this process spends on the namespaces, the
+    // mounts and the page server. It waits for a byte on `go` before it runs CRIU.
+    let (go_r, go_w) = match pipe_cloexec() {
+        Ok(pair) => pair,
         Err(f) => fail("setup", f),
     };
-    let code = spawn_and_wait(&criu_restore_args(restore, &root, &ctx.scratch, net_fd), &env);
+    // SAFETY: fork of a single-threaded process; the child execs or _exits.
+    let criu = unsafe { libc::fork() };
+    if criu == 0 {
+        // SAFETY: our copy of the parent's end.
+        unsafe { libc::close(go_w) };
+        run_criu(ctx, msg, restore, go_r, &env);
+    }
+    if criu < 0 {
+        fail("setup", Failure { stage: "fork criu", errno: errno() });
+    }
+    // SAFETY: our copy of the child's end.
+    unsafe { libc::close(go_r) };
+    let give_up = |code: Option<i32>| -> ! {
+        // SAFETY: killing and reaping our own child, then _exit.
+        unsafe {
+            libc::kill(criu, libc::SIGKILL);
+            libc::waitpid(criu, std::ptr::null_mut(), 0);
+            if let Some(code) = code {
+                report(&format!("criu {code}\n"));
+            }
+            libc::_exit(1)
+        }
+    };
+    // The page server for the restored memory stays outside the sandbox's cgroups: a
+    // freeze of the sandbox must not freeze the process that serves its page faults. It
+    // daemonizes once its socket is ready, and exits once every page is in place.
+    let page_server = restore.lazy.then(|| spawn(&criu_lazy_pages_args(restore), &env));
+    if let Err(f) = restore_namespaces(ctx, msg) {
+        report(&format!("setup {} {}\n", f.stage, f.errno));
+        give_up(None);
+    }
+    lap("setup");
+    if let Some(pid) = page_server {
+        match wait_for(pid) {
+            0 => lap("page-server"),
+            code => give_up(Some(code)),
+        }
+    }
+    // SAFETY: writes one byte from a valid buffer to our pipe.
+    if unsafe { libc::write(go_w, b"g".as_ptr().cast(), 1) } != 1 {
+        give_up(Some(128));
+    }
+    let code = wait_for(criu);
+    lap("criu");
     if code != 0 {
-        report(&format!("criu {code}\n"));
+        // CRIU's process reported its own setup failures.
+        if code != SETUP_FAILED {
+            report(&format!("criu {code}\n"));
+        }
         // SAFETY: see fail().
         unsafe { libc::_exit(1) }
     }
@@ -574,9 +628,86 @@ pub(crate) fn restore(ctx: &Context, msg: &LaunchMessage, fds: &[i32]) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-/// Runs `args` (a program and its arguments) with `env` and waits: its exit status, or
-/// 128 when a signal ended it. Fails the helper if it cannot fork.
-fn spawn_and_wait(args: &[CString], env: &[*const libc::c_char]) -> i32 {
+/// The exit status CRIU's process uses when its own setup failed (it reported why).
+const SETUP_FAILED: i32 = 126;
+
+/// CRIU's process: joins the sandbox's cgroups (and a cgroup namespace rooted there),
+/// waits for the helper to have built the namespaces, enters them and runs `criu restore`.
+fn run_criu(
+    ctx: &Context,
+    msg: &LaunchMessage,
+    restore: &RestoreSpec,
+    go: i32,
+    env: &[*const libc::c_char],
+) -> ! {
+    let setup_failed = |f: Failure| -> ! {
+        report(&format!("setup {} {}\n", f.stage, f.errno));
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(SETUP_FAILED) }
+    };
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if let Err(f) = join_cgroups(msg.cgroup_fds) {
+        setup_failed(f);
+    }
+    if restore.ksm {
+        // Inherited by CRIU (exec) and the tree it forks: every mapping they make is
+        // mergeable, so identical pages of branches can be shared once ksmd scans them.
+        // SAFETY: prctl with integer arguments.
+        if let Err(f) = check(unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) }, "ksm")
+        {
+            setup_failed(f);
+        }
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into a valid buffer; a helper that gave up closes the pipe.
+    if unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) } != 1 {
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(SETUP_FAILED) }
+    }
+    // SAFETY: getppid has no preconditions.
+    let helper = unsafe { libc::getppid() };
+    let enter = |kind: &str, nstype: libc::c_int| -> Result<i32, Failure> {
+        let path = cstr(format!("/proc/{helper}/ns/{kind}").as_bytes());
+        // SAFETY: open of a valid C string; setns on the descriptor we got.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            check(fd, "namespace fd")?;
+            check(libc::setns(fd, nstype), "enter namespace")?;
+            Ok(fd)
+        }
+    };
+    let net_fd = match restore.external_net {
+        // The fd stays open (no CLOEXEC): CRIU takes it as the tree's network namespace.
+        Some(_) => match enter("net", libc::CLONE_NEWNET) {
+            Ok(fd) => Some(fd),
+            Err(f) => setup_failed(f),
+        },
+        None => None,
+    };
+    if let Err(f) = enter("mnt", libc::CLONE_NEWNS) {
+        setup_failed(f);
+    }
+    let args = criu_restore_args(restore, &overlay_root(ctx), &ctx.scratch, net_fd);
+    let argv: Vec<*const libc::c_char> =
+        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    // SAFETY: execve with NULL-terminated arrays of valid C strings.
+    unsafe {
+        libc::execve(argv[0], argv.as_ptr(), env.as_ptr());
+    }
+    setup_failed(Failure { stage: "exec criu", errno: errno() })
+}
+
+fn pipe_cloexec() -> Result<(i32, i32), Failure> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, "pipe")?;
+    Ok((fds[0], fds[1]))
+}
+
+/// Starts `args` (a program and its arguments) with `env`: its pid. Fails the helper if
+/// it cannot fork.
+fn spawn(args: &[CString], env: &[*const libc::c_char]) -> libc::pid_t {
     let argv: Vec<*const libc::c_char> =
         args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     // SAFETY: fork of a single-threaded process; the child only execs or _exits.
@@ -589,8 +720,13 @@ fn spawn_and_wait(args: &[CString], env: &[*const libc::c_char]) -> i32 {
         }
     }
     if pid < 0 {
-        fail("setup", Failure { stage: "fork criu", errno: errno() });
+        fail("setup", Failure { stage: "fork", errno: errno() });
     }
+    pid
+}
+
+/// Waits for our child `pid`: its exit status, or 128 when a signal ended it.
+fn wait_for(pid: libc::pid_t) -> i32 {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && errno() == libc::EINTR {}
@@ -614,46 +750,26 @@ fn criu_lazy_pages_args(restore: &RestoreSpec) -> Vec<CString> {
     args.into_iter().map(|a| cstr(a.as_bytes())).collect()
 }
 
-/// Joins the cgroups, makes the mount namespace with the root's layers, and (when the
-/// images leave it out) the network namespace; returns the root and that namespace's fd.
-fn restore_setup(ctx: &Context, msg: &LaunchMessage) -> Result<(PathBuf, Option<i32>), Failure> {
-    join_cgroups(msg.cgroup_fds)?;
-    // SAFETY: plain syscalls without pointers.
-    unsafe {
-        // The helper must not outlive the launcher; CRIU, its child, must be waited for.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), "pdeathsig")?;
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        check(libc::unshare(libc::CLONE_NEWNS), "mount namespace")?;
-        libc::umask(0);
+/// The restored tree's namespaces, made in the helper for CRIU's process to enter: a
+/// mount namespace with the root's layers (and a fresh /dev when the images leave it
+/// out), and a network namespace with loopback up when the images leave theirs out.
+fn restore_namespaces(ctx: &Context, msg: &LaunchMessage) -> Step {
+    // SAFETY: unshare without pointers.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "mount namespace")?;
+    let restore = msg.restore.as_ref();
+    if restore.is_some_and(|r| r.external_net.is_some()) {
+        // SAFETY: unshare without pointers.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNET) }, "network namespace")?;
+        loopback_up()?;
     }
-    if msg.restore.as_ref().is_some_and(|r| r.ksm) {
-        // Inherited by CRIU (exec) and the tree it forks: every mapping they make is
-        // mergeable, so identical pages of branches can be shared once ksmd scans them.
-        // SAFETY: prctl with integer arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) }, "ksm")?;
-    }
-    let net_fd = match msg.restore.as_ref().and_then(|r| r.external_net.as_ref()) {
-        Some(_) => {
-            // SAFETY: unshare without pointers; open of a valid C string. The fd is
-            // inherited by CRIU (no CLOEXEC).
-            unsafe {
-                check(libc::unshare(libc::CLONE_NEWNET), "network namespace")?;
-                loopback_up()?;
-                let path = cstr(b"/proc/self/ns/net");
-                let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
-                check(fd, "network namespace fd")?;
-                Some(fd)
-            }
-        }
-        None => None,
-    };
     let root = mount_layers(ctx, &msg.spec)?;
-    if msg.restore.as_ref().is_some_and(|r| r.external_dev.is_some()) {
+    debug_assert_eq!(root, overlay_root(ctx));
+    if restore.is_some_and(|r| r.external_dev.is_some()) {
         let dev = ctx.scratch.join("dev");
         mkdir(&dev, 0o755, "dev dir")?;
         make_dev(&dev)?;
     }
-    Ok((root, net_fd))
+    Ok(())
 }
 
 fn criu_restore_args(

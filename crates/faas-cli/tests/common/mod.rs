@@ -104,6 +104,8 @@ impl Server {
                 if let Some(url) = line.strip_prefix("faas listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
+                // The server's warnings show with a failing test's output.
+                eprintln!("server: {line}");
             }
         });
         self.url =
