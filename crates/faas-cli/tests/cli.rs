@@ -77,6 +77,7 @@ fn doctor_reports_this_host() {
         "criu with faas",
         "checkpoint and restore",
         "lazy pages",
+        "ksm",
     ] {
         assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {text}");
     }

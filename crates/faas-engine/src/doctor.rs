@@ -152,6 +152,21 @@ fn criu_checks(add: &mut impl FnMut(&'static str, bool, String, &'static str)) {
         "lazy pages (userfaultfd)",
         ok,
         format!("criu check --feature uffd-noncoop: {detail}"),
-        "lazy restores (not used by this build yet)",
+        "lazy restores of large checkpoints ([snapshots] lazy_restore_min_mb)",
+    );
+    // KSM is host configuration: faas marks restored memory mergeable when asked to
+    // (`[snapshots] ksm = true`); ksmd must be running for pages to be shared.
+    let run = std::fs::read_to_string("/sys/kernel/mm/ksm/run").map(|r| r.trim().to_owned());
+    add(
+        "ksm",
+        run.is_ok(),
+        match &run {
+            Ok(r) if r == "1" => "ksmd is running".into(),
+            Ok(r) => {
+                format!("available, ksmd not running (run = {r}): echo 1 > /sys/kernel/mm/ksm/run")
+            }
+            Err(e) => format!("/sys/kernel/mm/ksm: {e}"),
+        },
+        "shared memory of branches ([snapshots] ksm = true)",
     );
 }
