@@ -232,7 +232,10 @@ impl AgentSandbox {
             .arg(freezer)
             // Connections are dumped (a restore closes them); the sandbox keeps them.
             .args(["--tcp-established", "--network-lock", "skip", "--skip-in-flight"])
-            .args(["--file-locks", "--ghost-limit", "64M"]);
+            .args(["--file-locks", "--ghost-limit", "64M"])
+            // A task in the middle of disk I/O stops only once it completes: on a busy
+            // host that can take longer than CRIU's default 10 s.
+            .args(["--timeout", "60"]);
         if let Some(dir) = &criu.kdat_dir {
             cmd.env("CRIU_KDAT_DIR", dir);
         }
