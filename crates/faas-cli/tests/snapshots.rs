@@ -67,6 +67,9 @@ async fn count(server: &Server, id: &str) -> u64 {
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; \
                        mv /tmp/count.new /tmp/count; sleep 0.05; done";
 
+/// The same count, from one Python process.
+const NO_FORK_COUNTER: &str = "exec /usr/bin/python3 -c \"import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count.new', 'w').write(str(i))\n    os.replace('/tmp/count.new', '/tmp/count')\n    time.sleep(0.05)\"";
+
 #[tokio::test]
 async fn a_restore_continues_processes_files_and_servers() {
     require_criu!();
@@ -394,6 +397,14 @@ async fn stateful_runs_refuse_bad_requests_before_starting_anything() {
     assert_eq!(server.post("/api/v1/execute", &other, body).await.status, 404);
 }
 
+async fn python_context(server: &Server, id: &str) -> String {
+    let r = server
+        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["id"].as_str().expect("id").to_owned()
+}
+
 async fn run_in_context(server: &Server, id: &str, context: &str, code: &str) -> Value {
     let body = json!({"code": code, "context_id": context, "timeout_ms": 60_000});
     let r = server.post(&format!("/api/v1/instances/{id}/exec"), ADMIN_KEY, body).await;
@@ -407,11 +418,7 @@ async fn a_python_context_keeps_its_globals_and_id_in_restores_and_branches() {
     require_criu!();
     let server = Server::start().await;
     let id = create(&server, ADMIN_KEY).await;
-    let r = server
-        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let context = r.body["id"].as_str().expect("id").to_owned();
+    let context = python_context(&server, &id).await;
     // 50 MiB of list (6.5 million pointers to small ints) and x.
     let n = 50 * 1024 * 1024 / 8;
     run_in_context(
@@ -578,11 +585,7 @@ async fn snapshots_live_in_the_blob_store_deduplicated_and_outlive_their_parents
     // No hot cache: every restore unpacks from the blob store.
     let mut server = Server::start_with("[snapshots]\nhot_cache_mb = 0\n").await;
     let id = create(&server, ADMIN_KEY).await;
-    let r = server
-        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let context = r.body["id"].as_str().expect("id").to_owned();
+    let context = python_context(&server, &id).await;
     run_in_context(&server, &id, &context, "data = bytes(range(256)) * 40000\nx = 41").await;
     exec(&server, &id, "head -c 3000000 /dev/urandom > /home/user/noise").await;
     let parent = snapshot(&server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
@@ -655,11 +658,7 @@ async fn lazy_restores_serve_memory_on_demand_and_checkpoint_again() {
     // Every restore lazy: pages arrive as they are touched, the rest in the background.
     let server = Server::start_with("[snapshots]\nlazy_restore_min_mb = 0\n").await;
     let id = create(&server, ADMIN_KEY).await;
-    let r = server
-        .post(&format!("/api/v1/instances/{id}/contexts"), ADMIN_KEY, json!({"language": "python"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let context = r.body["id"].as_str().expect("id").to_owned();
+    let context = python_context(&server, &id).await;
     let load = "import random\ndata = random.Random(1).randbytes(48 << 20)\nx = 41";
     run_in_context(&server, &id, &context, load).await;
     let check = "x += 1\nimport hashlib\nprint(x, hashlib.sha256(data).hexdigest()[:12])";
@@ -671,7 +670,9 @@ async fn lazy_restores_serve_memory_on_demand_and_checkpoint_again() {
     )
     .await;
     let digest = expected["stdout"].as_str().expect("stdout").trim().to_owned();
-    background(&server, &id, COUNTER).await;
+    // A counter that does not fork (see ARCHITECTURE.md, known limits: a fork loop in a
+    // restored copy was seen to hang in fork while the copy was checkpointed under load).
+    background(&server, &id, NO_FORK_COUNTER).await;
     let first = snapshot(&server, ADMIN_KEY, &id).await["id"].as_str().expect("id").to_owned();
     let copy = restore(&server, ADMIN_KEY, &first).await;
     let out = run_in_context(&server, &copy, &context, check).await;
