@@ -494,6 +494,15 @@ pub struct Freezer {
 }
 
 impl Freezer {
+    /// The processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
     fn write(&self, frozen: bool) -> Result<(), CgroupError> {
         match self.version {
             CgroupVersion::V1 => {

@@ -131,7 +131,7 @@ impl AgentSandbox {
         let freezer = self.freezer()?;
         let _held = self.held.begin();
         let work = async {
-            freezer.freeze().await?;
+            freeze_outside_vfork(&freezer).await?;
             let dumped = async {
                 if let (Some(source), Some(copy)) = (&self.spec.disk_image, disk_copy) {
                     let (pid, source, copy) = (self.pid, source.clone(), copy.to_owned());
@@ -200,7 +200,7 @@ impl AgentSandbox {
         self.wait_lazy_pages().await?;
         let freezer = self.freezer()?;
         let _held = self.held.begin();
-        freezer.freeze().await?;
+        freeze_outside_vfork(&freezer).await?;
         let (pid, to) = (self.pid, to.to_owned());
         let copied = tokio::task::spawn_blocking(move || {
             sync_sandbox_fs(pid)?;
@@ -385,6 +385,32 @@ impl Sandboxes {
             laps = %laps.join(", "), "criu restore");
         Ok(StartedAgent { pid, pidfd, agent, pipe_inodes, lazy_pages })
     }
+}
+
+/// Freezes the sandbox at a moment when no thread is inside vfork(): a vfork parent waits
+/// in the kernel until its child execs, and CRIU, which stops the child, could then never
+/// stop the parent (shells vfork for every command, Python's subprocess too).
+async fn freeze_outside_vfork(freezer: &crate::cgroup::Freezer) -> Result<(), RunError> {
+    for _ in 0..VFORK_RETRIES {
+        freezer.freeze().await?;
+        if !freezer.pids().into_iter().any(in_vfork) {
+            return Ok(());
+        }
+        freezer.thaw()?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(RunError::Checkpoint("a process stayed inside vfork() for a second".into()))
+}
+
+const VFORK_RETRIES: usize = 200;
+
+/// Whether a thread of `pid` waits for its vfork child (where the kernel parks it).
+fn in_vfork(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|task| {
+        let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+        matches!(wchan.trim(), "kernel_clone" | "_do_fork" | "do_fork")
+    })
 }
 
 /// How long a checkpoint waits for a lazy restore to finish loading memory.
