@@ -133,6 +133,32 @@ async fn bad_input_gets_clear_json_errors() {
 }
 
 #[tokio::test]
+async fn every_response_carries_a_request_id() {
+    require_root!();
+    let server = Server::start().await;
+    let mut seen = std::collections::HashSet::new();
+    for (path, key, status) in [
+        ("/health", None, 200),
+        ("/api/v1/executions/ex_missing", Some(ADMIN_KEY), 404),
+        ("/api/v1/executions/ex_missing", None, 401),
+    ] {
+        let r = server.request(Method::GET, path, key, None).await;
+        assert_eq!(r.status, status, "{path}");
+        let id = r.headers.get("x-request-id").expect("x-request-id").to_str().expect("ascii");
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert!(seen.insert(id.to_owned()), "ids are unique");
+    }
+    // A caller's own id is kept, for its logs and ours.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/health", server.url))
+        .header("x-request-id", "caller-trace-7")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["x-request-id"], "caller-trace-7");
+}
+
+#[tokio::test]
 async fn what_this_host_cannot_do_answers_501() {
     require_root!();
     let server = Server::start().await;
