@@ -102,7 +102,10 @@ pub(crate) fn spawn(engine: Weak<Engine>, mut jobs: mpsc::UnboundedReceiver<Pack
             if let Err(e) = done {
                 tracing::warn!(snapshot = %id, error = %crate::error_chain(&e), "{what} a snapshot");
             }
-            if let Err(e) = engine.evict_hot().await {
+            // Only a pack makes a directory evictable; a release frees space.
+            if what == "packing"
+                && let Err(e) = engine.evict_hot().await
+            {
                 tracing::warn!(error = %crate::error_chain(&e), "evicting snapshot directories");
             }
         }

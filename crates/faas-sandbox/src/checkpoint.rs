@@ -166,19 +166,11 @@ impl AgentSandbox {
     async fn wait_lazy_pages(&self) -> Result<(), RunError> {
         let mut lazy = self.lazy_pages.lock().await;
         let Some(pidfd) = lazy.as_ref().map(Arc::clone) else { return Ok(()) };
-        // SAFETY: the Arc keeps the pidfd open, and the same descriptor, while it lives.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        if !crate::run::exited_within(&pidfd, LAZY_PAGES_TIMEOUT).await? {
+            return Err(RunError::Checkpoint("the restored memory is still being loaded".into()));
         }
-        .map_err(|e| RunError::Io(e.into()))?;
-        match tokio::time::timeout(LAZY_PAGES_TIMEOUT, fd.readable()).await {
-            Ok(Ok(_)) => {
-                *lazy = None;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(RunError::Io(e)),
-            Err(_) => Err(RunError::Checkpoint("the restored memory is still being loaded".into())),
-        }
+        *lazy = None;
+        Ok(())
     }
 
     fn freezer(&self) -> Result<crate::cgroup::Freezer, RunError> {

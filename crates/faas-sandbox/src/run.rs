@@ -416,15 +416,26 @@ pub(crate) fn kill(pidfd: RawFd) {
 }
 
 pub(crate) async fn wait_exit(pidfd: &Arc<OwnedFd>) -> Result<(), RunError> {
+    match exited_within(pidfd, KILL_GRACE).await? {
+        true => Ok(()),
+        false => Err(RunError::Unkillable),
+    }
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to end: whether it did.
+pub(crate) async fn exited_within(
+    pidfd: &Arc<OwnedFd>,
+    timeout: Duration,
+) -> Result<bool, RunError> {
     // SAFETY: the Arc keeps the pidfd open, and the same descriptor, while the AsyncFd lives.
     let fd = unsafe {
         AsyncFd::register_with_interest(Arc::clone(pidfd), tokio::io::Interest::READABLE)
     }
     .map_err(|e| RunError::Io(e.into()))?;
-    match tokio::time::timeout(KILL_GRACE, fd.readable()).await {
-        Ok(Ok(_guard)) => Ok(()),
+    match tokio::time::timeout(timeout, fd.readable()).await {
+        Ok(Ok(_guard)) => Ok(true),
         Ok(Err(e)) => Err(RunError::Io(e)),
-        Err(_) => Err(RunError::Unkillable),
+        Err(_) => Ok(false),
     }
 }
 
