@@ -80,7 +80,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n[instances]\nmax_per_tenant = 100000\n[ssh]\nenabled = false\n{extra}",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"{parent}\"\n[quotas]\nmax_instances = 0\nmax_concurrent_sandboxes = 0\nmax_memory_mb = 0\n[rate_limits]\nenabled = false\n[ssh]\nenabled = false\n{extra}",
                 base.join("data").display(),
                 base.join("run").display()
             ),

@@ -187,6 +187,10 @@ pub struct CreateKeyRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub role: Role,
+    /// The rate-limit tier (`[rate_limits.tiers]` of the server's configuration); the
+    /// default tier when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tier: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +219,144 @@ pub struct KeyInfo {
     pub role: Role,
     pub created_at_ms: u64,
     pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tier: Option<String>,
+}
+
+/// A tenant's quotas. As a request (`PUT /api/v1/tenants/{tenant}/quotas`, admin), a field
+/// left out or null takes the server's default (`[quotas]`); as an answer, every field is
+/// the limit in force. 0 means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Sandboxes running at once: executions in progress and running instances (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_sandboxes: Option<u64>,
+    /// Instances held, in any state but deleted (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u64>,
+    /// The memory limits of running sandboxes added up, in MiB (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Stored snapshot data (compressed chunks), in MiB (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_snapshot_storage_mb: Option<u64>,
+    /// Spend in the calendar month (UTC), in micro-units, after discounts (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_spend_cap_micros: Option<u64>,
+}
+
+/// `GET /api/v1/quotas` and the tenants' quota routes: the limits in force, the admin's
+/// overrides, and what the tenant uses of each now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaStatus {
+    pub tenant: String,
+    pub quotas: Quotas,
+    pub overrides: Quotas,
+    pub in_use: QuotaUse,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUse {
+    pub concurrent_sandboxes: u64,
+    pub instances: u64,
+    pub memory_mb: u64,
+    pub snapshot_storage_bytes: u64,
+    pub month_spend_micros: u64,
+}
+
+/// What a group of usage records adds up to. Quantities are measured (CPU time and memory
+/// from cgroups); money is integer micro-units.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    pub records: u64,
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub memory_gb_seconds: f64,
+    /// The highest peak memory of any record.
+    pub peak_memory_bytes: u64,
+    pub storage_gb_months: f64,
+    pub egress_bytes: u64,
+    pub gpu_hours: f64,
+    /// The price before volume discounts.
+    pub list_micros: u64,
+    pub discount_micros: u64,
+    /// What is charged.
+    pub cost_micros: u64,
+}
+
+/// `GET /api/v1/usage?from=&to=&group_by=`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub tenant: String,
+    /// Milliseconds since the Unix epoch; records that ended in `[from_ms, to_ms)`.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub group_by: Option<String>,
+    pub groups: Vec<UsageGroup>,
+    pub total: UsageSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageGroup {
+    /// The day (`2026-11-23`), mode or image.
+    pub key: String,
+    #[serde(flatten)]
+    pub usage: UsageSummary,
+}
+
+/// `GET /api/v1/usage/current`: the calendar month so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentUsage {
+    pub tenant: String,
+    /// `2026-11`.
+    pub month: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub usage: UsageSummary,
+    /// The volume discount tier the month's list spend has reached.
+    pub discount_tier: DiscountTierInfo,
+    pub next_tier: Option<DiscountTierInfo>,
+    /// 0: no cap.
+    pub spend_cap_micros: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscountTierInfo {
+    pub from_micros: u64,
+    pub percent: u64,
+}
+
+/// `GET /api/v1/usage/records`: single charges, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecordList {
+    pub records: Vec<UsageRecordInfo>,
+    /// More records match than were returned; ask again from the last one's `end_ms`.
+    pub truncated: bool,
+}
+
+/// One charge: an execution, a period of an instance's life, or a period of snapshot
+/// storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecordInfo {
+    pub id: String,
+    /// `execution`, `instance` or `storage`.
+    pub kind: String,
+    pub resource: String,
+    pub mode: String,
+    pub image: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub cpu_us: u64,
+    pub wall_us: u64,
+    pub memory_peak_bytes: u64,
+    pub memory_avg_bytes: u64,
+    pub memory_kib_ms: u64,
+    pub storage_kib_ms: u64,
+    pub egress_bytes: u64,
+    pub gpu_ms: u64,
+    pub list_micros: u64,
+    pub cost_micros: u64,
 }
 
 /// The answer to `POST /api/v1/keys`: the only time the secret is shown.

@@ -33,6 +33,8 @@ enum Cmd {
         #[command(subcommand)]
         command: commands::keys::KeysCmd,
     },
+    /// Usage and costs: the current month, a period by day, mode or image, or single charges.
+    Usage(commands::usage::UsageArgs),
     /// Report which kernel features and tools this host has, and what a missing one disables.
     Doctor,
 }
@@ -66,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Exec(args) => commands::exec::run(args),
         Cmd::Instances { command } => commands::instances::run(command),
         Cmd::Keys { command } => commands::keys::run(command),
+        Cmd::Usage(args) => commands::usage::run(args),
         Cmd::Doctor => commands::doctor::run(),
     }
 }

@@ -62,6 +62,26 @@ async fn keys_are_minted_listed_and_revoked() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
 }
 
+#[tokio::test]
+async fn usage_reports_the_month_and_its_groups() {
+    require_root!();
+    let server = Server::start().await;
+    assert!(faas(&server, &["exec", "-c", "true"]).status.success());
+    let out = faas(&server, &["usage"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tenant admin") && text.contains("discount tier: 0%"), "{text}");
+    let out = faas(&server, &["usage", "--group-by", "mode", "--from", "2020-01-01"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("ephemeral ")), "{text}");
+    let out = faas(&server, &["usage", "--records", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["records"][0]["kind"], "execution");
+    let out = faas(&server, &["usage", "--from", "tomorrow"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from"));
+}
+
 #[test]
 fn doctor_reports_this_host() {
     require_root!();

@@ -30,6 +30,89 @@ pub struct Config {
     pub instances: InstanceConfig,
     pub snapshots: SnapshotConfig,
     pub ssh: SshConfig,
+    /// Prices of what tenants use (money in integer micro-units).
+    pub pricing: faas_store::Pricing,
+    /// Every tenant's quotas unless an admin set others (`PUT /api/v1/tenants/{t}/quotas`).
+    pub quotas: QuotaConfig,
+    pub metering: MeteringConfig,
+    pub rate_limits: RateLimitConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Default quotas of a tenant; 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub max_concurrent_sandboxes: u64,
+    pub max_instances: u64,
+    pub max_memory_mb: u64,
+    pub max_snapshot_storage_mb: u64,
+    pub monthly_spend_cap_micros: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_sandboxes: 64,
+            max_instances: 100,
+            max_memory_mb: 64 << 10,
+            max_snapshot_storage_mb: 100 << 10,
+            monthly_spend_cap_micros: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// How often running instances and snapshot storage are charged (a crash of the
+    /// server loses at most this much of a running instance's usage).
+    pub interval_secs: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self { interval_secs: 10 }
+    }
+}
+
+/// Token buckets per API key: each key's tier (`rate_tier`, else `default`) names one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub tiers: std::collections::BTreeMap<String, RateTier>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateTier {
+    /// Tokens added per second: the sustained request rate.
+    pub per_second: u32,
+    /// The bucket's size: how many requests may come at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tiers: [
+                ("default".to_owned(), RateTier { per_second: 50, burst: 100 }),
+                ("admin".to_owned(), RateTier { per_second: 500, burst: 1000 }),
+            ]
+            .into(),
+        }
+    }
+}
+
+/// Prometheus metrics at `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a key (for a scraper on a private network); by default it
+    /// needs an admin key.
+    pub public: bool,
 }
 
 /// Snapshots and branches (CRIU).
@@ -93,7 +176,6 @@ impl Default for SshConfig {
 pub struct InstanceConfig {
     pub default_disk_mb: u64,
     pub max_disk_mb: u64,
-    pub max_per_tenant: usize,
     /// The longest TTL or idle timeout a request may set, in seconds.
     pub max_timeout_secs: u64,
     /// Largest file upload (`PUT .../files`).
@@ -105,7 +187,6 @@ impl Default for InstanceConfig {
         Self {
             default_disk_mb: 1024,
             max_disk_mb: 20 * 1024,
-            max_per_tenant: 100,
             max_timeout_secs: 30 * 86400,
             max_upload_mb: 1024,
         }
@@ -186,6 +267,11 @@ impl Default for Config {
             instances: InstanceConfig::default(),
             snapshots: SnapshotConfig::default(),
             ssh: SshConfig::default(),
+            pricing: faas_store::Pricing::default(),
+            quotas: QuotaConfig::default(),
+            metering: MeteringConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

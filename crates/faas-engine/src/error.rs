@@ -25,6 +25,10 @@ pub enum EngineError {
     /// The instance's program behind a proxied port did not answer (502).
     #[error("{message}")]
     BadGateway { message: String },
+    /// A tenant's quota would be exceeded: 429 when it frees itself (sandboxes or memory in
+    /// use), 403 when the tenant must act (instances, storage, spend).
+    #[error("{message}")]
+    QuotaExceeded { quota: &'static str, transient: bool, message: String },
     /// Too many sandboxes are running (503).
     #[error("the server is at its limit of {limit} concurrent sandboxes")]
     Overloaded { limit: usize },

@@ -45,8 +45,14 @@ impl Engine {
             return Box::pin(self.execute_stateful(tenant, req, streams)).await;
         }
         let plan = self.plan(req)?;
+        // A context's sandbox is running already: the call starts none.
+        let _load = match plan.context_id {
+            None => Some(self.admit_tenant(tenant, 1, plan.limits.memory_mb).await?),
+            Some(_) => None,
+        };
         let _permit = self.admit()?;
         let mode = if plan.context_id.is_some() { Mode::Cached } else { plan.mode };
+        metrics::counter!("faas_sandbox_starts_total", "mode" => mode.as_str()).increment(1);
         let record = new_record(mode, &plan.image.name, plan.limits);
         let io = run_io(&plan, streams);
         let id = record.id.clone();
@@ -78,7 +84,7 @@ impl Engine {
             biased;
             outcome = &mut run => outcome,
             _ = tokio::time::sleep(RUNNING_RECORD_AFTER) => {
-                let (inserted, outcome) = tokio::join!(self.store.insert_execution(&tenant.0, &record), &mut run);
+                let (inserted, outcome) = tokio::join!(self.store.insert_execution(&tenant.0, &record, None), &mut run);
                 inserted?;
                 recorded = true;
                 outcome
@@ -91,16 +97,18 @@ impl Engine {
                     // No result will come: the record must not stay "running".
                     record.status = ExecStatus::Lost;
                     record.stderr = format!("faas: the run failed: {e}");
-                    self.store.finish_execution(&record).await?;
+                    self.store.finish_execution(&record, None).await?;
                 }
                 return Err(e);
             }
         };
         fill_result(&mut record, outcome);
+        // The result and its charge are written together: a crash loses both or neither.
+        let charge = crate::metering::execution_charge(tenant, &record);
         if recorded {
-            self.store.finish_execution(&record).await?;
+            self.store.finish_execution(&record, charge.as_ref()).await?;
         } else {
-            self.store.insert_execution(&tenant.0, &record).await?;
+            self.store.insert_execution(&tenant.0, &record, charge.as_ref()).await?;
         }
         Ok(record)
     }
@@ -178,7 +186,9 @@ impl Engine {
         io: RunIo,
     ) -> Result<RunOutcome, EngineError> {
         let key = PoolKey::new(tenant, &plan.image, &plan.limits, plan.reuse.clone());
-        let (sandbox, _hit) = self.pools.checkout(&key, &plan.image).await?;
+        let (sandbox, hit) = self.pools.checkout(&key, &plan.image).await?;
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!("faas_pool_checkouts_total", "result" => result).increment(1);
         for (path, content) in &plan.files {
             if let Err(e) = sandbox.write_file(path, content, 0o644).await {
                 discard(sandbox);

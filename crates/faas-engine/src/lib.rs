@@ -11,9 +11,11 @@ pub mod images;
 mod instances;
 mod languages;
 mod merge;
+mod metering;
 mod packing;
 mod plan;
 mod pool;
+mod quotas;
 mod snapshots;
 mod stateful;
 
@@ -29,6 +31,7 @@ pub use error::{EngineError, error_chain};
 pub use execute::Streams;
 use images::{ImageStore, LocalImages};
 pub use instances::{FileRead, Following, InstanceExecAnswer, InstanceSession, SessionSpec};
+pub use metering::PortStream;
 use pool::{PoolKey, Pools};
 
 /// A tenant as the engine knows it: every record belongs to one.
@@ -51,6 +54,8 @@ pub struct Engine {
     capturing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Snapshot data into the blob store and back.
     packer: packing::Packer,
+    /// What each tenant's executions hold against its quotas.
+    load: quotas::TenantLoad,
 }
 
 fn startup(
@@ -65,7 +70,8 @@ impl Engine {
     pub async fn start(config: Config) -> Result<Arc<Self>, EngineError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| startup("creating the data directory")(e.into()))?;
-        let store = SqliteStore::open(&config.data_dir.join("faas.db"))
+        config.pricing.validate().map_err(|e| startup("reading [pricing]")(e.into()))?;
+        let store = SqliteStore::open(&config.data_dir.join("faas.db"), config.pricing.clone())
             .map_err(|e| startup("opening the store")(e.into()))?;
         let lost = store.mark_interrupted_executions().await?;
         if lost > 0 {
@@ -122,6 +128,7 @@ impl Engine {
             contexts: contexts::Contexts::default(),
             instances: instances::Instances::default(),
             capturing: Default::default(),
+            load: Default::default(),
             config,
         });
         engine.recover_instances().await?;
@@ -130,6 +137,8 @@ impl Engine {
         packing::spawn(Arc::downgrade(&engine), pack_jobs);
         contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
         instances::spawn_janitor(Arc::downgrade(&engine));
+        let interval = std::time::Duration::from_secs(engine.config.metering.interval_secs.max(1));
+        metering::spawn_meter(Arc::downgrade(&engine), interval);
         Ok(engine)
     }
 

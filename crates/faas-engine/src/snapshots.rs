@@ -119,6 +119,7 @@ impl Engine {
     /// A place for one more snapshot within the tenant's quota, counting captures still
     /// under way, held until the snapshot is stored (or given up).
     async fn snapshot_slot(&self, tenant: &Tenant) -> Result<SnapshotSlot<'_>, EngineError> {
+        self.check_snapshot_storage(tenant).await?;
         let max = self.config.snapshots.max_per_tenant;
         let stored = self.store.list_snapshots(&tenant.0, false).await?.len();
         let mut capturing = self.capturing.lock().unwrap_or_else(|e| e.into_inner());
@@ -428,8 +429,13 @@ impl Engine {
             None => self.boot(live).await,
             Some(checkpoint) => {
                 let restored = self.restore_sandbox(live, snapshot_id, checkpoint).await;
-                let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let total = started.elapsed();
+                let total_ms = total.as_secs_f64() * 1000.0;
                 tracing::debug!(instance = %instance_id, copy_ms, total_ms, "restored");
+                if restored.is_ok() {
+                    metrics::histogram!("faas_restore_duration_seconds")
+                        .record(total.as_secs_f64());
+                }
                 let instance = self.booted(live, restored).await?;
                 *live.contexts.lock().unwrap_or_else(|e| e.into_inner()) = manifest.contexts;
                 Ok(instance)
@@ -487,18 +493,14 @@ impl Engine {
         if req.count == 0 || req.count > max {
             return Err(invalid("count", format!("must be between 1 and {max}")));
         }
-        let max_instances = self.config.instances.max_per_tenant;
-        let held = self.instances.held_by(&tenant.0);
-        if held + req.count as usize > max_instances {
-            return Err(EngineError::Conflict {
-                message: format!(
-                    "a tenant may hold at most {max_instances} instances ({held} held, {} asked for)",
-                    req.count
-                ),
-            });
-        }
         let snapshot_id = match (req.snapshot_id, req.instance_id) {
-            (Some(id), None) => self.snapshot(tenant, &id).await?.id,
+            (Some(id), None) => {
+                // All or nothing: the quotas must allow every branch before any starts.
+                let snapshot = self.snapshot(tenant, &id).await?;
+                let memory_mb = snapshot.limits.memory_mb;
+                self.admit_instance(tenant, memory_mb, u64::from(req.count)).await?;
+                snapshot.id
+            }
             (None, Some(instance_id)) => {
                 let req = CreateSnapshotRequest {
                     instance_id,

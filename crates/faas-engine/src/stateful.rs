@@ -39,6 +39,14 @@ impl Engine {
     ) -> Result<ExecutionResult, EngineError> {
         self.check_stateful(&req)?;
         let count = if req.mode == Mode::Branched { req.count.unwrap_or(1) } else { 1 };
+        // A run from a snapshot gets the snapshot's memory limit; a fresh one the request's.
+        let memory_mb = match req.snapshot_id.as_ref().or(req.parent_snapshot.as_ref()) {
+            Some(id) => self.snapshot(tenant, id).await?.limits.memory_mb,
+            None => self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?.memory_mb,
+        };
+        let _load = self.admit_tenant(tenant, u64::from(count), memory_mb).await?;
+        metrics::counter!("faas_sandbox_starts_total", "mode" => req.mode.as_str())
+            .increment(u64::from(count));
         let _permits =
             self.admission.clone().try_acquire_many_owned(count).map_err(|_| {
                 EngineError::Overloaded { limit: self.config.max_concurrent_sandboxes }
@@ -164,7 +172,8 @@ impl Engine {
                 ..CreateSnapshotRequest::default()
             };
             result.snapshot_id = Some(self.create_snapshot(tenant, snapshot).await?.id);
-            self.store.finish_execution(&result).await?;
+            // Charged already, when the run's result was written.
+            self.store.finish_execution(&result, None).await?;
         }
         Ok(result)
     }

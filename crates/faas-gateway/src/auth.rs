@@ -60,6 +60,7 @@ pub fn new_key(tenant: &str, name: Option<String>, role: Role) -> (String, KeyRe
         hash: hash_key(&key),
         created_at_ms: now_ms(),
         revoked: false,
+        rate_tier: None,
     };
     (key, record)
 }
@@ -104,25 +105,47 @@ impl KeyCache {
     }
 }
 
+/// The valid key a request presents: `None` without one, 401 for an unknown or revoked
+/// one.
+pub(crate) async fn resolve(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<KeyRecord>, ApiError> {
+    let Some(key) = presented_key(parts) else { return Ok(None) };
+    let hash = hash_key(key);
+    let record = match state.keys.get(&hash) {
+        Some(record) => record,
+        None => {
+            let record = state.engine.store().key_by_hash(&hash).await?.ok_or(ApiError::BadKey)?;
+            state.keys.put(record.clone());
+            record
+        }
+    };
+    if record.revoked {
+        return Err(ApiError::BadKey);
+    }
+    Ok(Some(record))
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = presented_key(parts).ok_or(ApiError::MissingKey)?;
-        let hash = hash_key(key);
-        let record = match state.keys.get(&hash) {
-            Some(record) => record,
-            None => {
-                let record =
-                    state.engine.store().key_by_hash(&hash).await?.ok_or(ApiError::BadKey)?;
-                state.keys.put(record.clone());
-                record
-            }
-        };
-        if record.revoked {
-            return Err(ApiError::BadKey);
-        }
+        let record = resolve(parts, state).await?.ok_or(ApiError::MissingKey)?;
         Ok(Caller { tenant: Tenant(record.tenant), role: record.role })
+    }
+}
+
+impl Caller {
+    /// The tenant a request acts on: the caller's own, or for an admin any one named.
+    pub fn tenant_or(&self, named: Option<String>) -> Result<Tenant, ApiError> {
+        match named {
+            Some(t) if t != self.tenant.0 => {
+                self.require_admin()?;
+                Ok(Tenant(t))
+            }
+            _ => Ok(self.tenant.clone()),
+        }
     }
 }
 
@@ -149,6 +172,7 @@ pub async fn bootstrap_admin(
                     hash,
                     created_at_ms: now_ms(),
                     revoked: false,
+                    rate_tier: None,
                 };
                 store.insert_key(record).await.map_err(ServeError::AdminKey)?;
             }

@@ -38,6 +38,10 @@ pub enum ApiError {
     Store(#[from] faas_store::StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(
+        "rate limit: this key may send {limit} requests at once and {per_second} per second after; see Retry-After"
+    )]
+    RateLimited { limit: u32, per_second: u32 },
 }
 
 impl ApiError {
@@ -52,11 +56,18 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Engine(e) => match e {
                 EngineError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
                 EngineError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 EngineError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
                 EngineError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+                EngineError::QuotaExceeded { transient: true, .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+                }
+                EngineError::QuotaExceeded { transient: false, .. } => {
+                    (StatusCode::FORBIDDEN, "quota_exceeded")
+                }
                 EngineError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
                 EngineError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
                 EngineError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
@@ -118,7 +129,9 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut response = body(status, code, message);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || matches!(self, ApiError::Engine(EngineError::QuotaExceeded { transient: true, .. }))
+        {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {

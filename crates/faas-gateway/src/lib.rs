@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod json;
+mod limits;
 mod routes;
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub(crate) struct AppState {
     keys: Arc<auth::KeyCache>,
     /// The built-in SSH server, when enabled.
     ssh: Option<routes::SshEndpoint>,
+    rates: Arc<limits::RateLimiter>,
+    /// Renders `/metrics`.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 #[derive(Debug, Error)]
@@ -58,6 +62,8 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
     let body_limit = config.max_request_bytes;
     let ssh_config = config.ssh.clone();
     let host_key_path = config.data_dir.join("ssh_host_ed25519_key");
+    // Before the engine starts, so that none of its metrics is lost.
+    let metrics = limits::install_recorder();
     let engine = Engine::start(config).await?;
     auth::bootstrap_admin(&engine, admin_key).await?;
     let ssh = match ssh_config.enabled {
@@ -65,7 +71,13 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
         false => None,
     };
 
-    let state = AppState { engine: Arc::clone(&engine), keys: Arc::default(), ssh };
+    let state = AppState {
+        engine: Arc::clone(&engine),
+        keys: Arc::default(),
+        ssh,
+        rates: Arc::default(),
+        metrics,
+    };
     let app = router(state, body_limit);
     let listener = TcpListener::bind(listen)
         .await
@@ -111,6 +123,9 @@ async fn start_ssh(
 
 fn router(state: AppState, body_limit: usize) -> Router {
     routes::routes()
+        // Route layers run once a route matched: the metrics know its pattern.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
+        .route_layer(axum::middleware::from_fn(limits::http_metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

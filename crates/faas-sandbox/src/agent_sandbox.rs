@@ -246,6 +246,16 @@ impl AgentSandbox {
             .unwrap_or_default()
     }
 
+    /// Memory the sandbox holds now.
+    pub fn memory_in_use(&self) -> u64 {
+        self.cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Cgroup::memory_in_use)
+            .unwrap_or_default()
+    }
+
     /// How many commands and context runs this sandbox has served.
     pub fn uses(&self) -> u64 {
         self.uses.load(std::sync::atomic::Ordering::Relaxed)

@@ -375,6 +375,14 @@ impl Cgroup {
         }
     }
 
+    /// Memory charged to the sandbox now (page cache included, as the limit counts it).
+    pub fn memory_in_use(&self) -> u64 {
+        match self.version {
+            CgroupVersion::V1 => read_u64(&self.dir_of("memory").join("memory.usage_in_bytes")),
+            CgroupVersion::V2 => read_u64(&self.dir_of("").join("memory.current")),
+        }
+    }
+
     /// Restarts peak-memory tracking, so a long-lived sandbox can report each run's own
     /// peak. cgroup v1 only; on v2 the peak stays the sandbox's since its start.
     pub fn reset_peak(&self) {

@@ -2,12 +2,14 @@
 //! gateway see; [`SqliteStore`] is the embedded default. A PostgreSQL implementation for
 //! clusters joins behind the same trait.
 
+pub mod billing;
 mod sqlite;
 
 use async_trait::async_trait;
 use faas_api::{ExecutionResult, Instance, Role, Snapshot};
 use thiserror::Error;
 
+pub use billing::{Metered, Pricing, UsageKind, UsageRecord};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]
@@ -38,6 +40,37 @@ pub struct KeyRecord {
     pub hash: String,
     pub created_at_ms: u64,
     pub revoked: bool,
+    /// The rate-limit tier its requests are counted under (`None`: the default tier).
+    pub rate_tier: Option<String>,
+}
+
+/// How usage is grouped in a summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    /// One group: the total.
+    Total,
+    /// By UTC day; the key is the day's number since the Unix epoch.
+    Day,
+    /// By mode; snapshot storage is the group `storage`.
+    Mode,
+    /// By image; snapshot storage is the group `snapshots`.
+    Image,
+}
+
+/// Usage added up: sums of the measurements and prices of a group of records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub records: u64,
+    pub cpu_us: u64,
+    pub wall_us: u64,
+    pub memory_kib_ms: u64,
+    /// The highest peak of any record.
+    pub memory_peak_bytes: u64,
+    pub storage_kib_ms: u64,
+    pub egress_bytes: u64,
+    pub gpu_ms: u64,
+    pub list_micros: u64,
+    pub cost_micros: u64,
 }
 
 /// What an instance credential opens.
@@ -90,17 +123,37 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_key(&self, id: &str, tenant: Option<&str>) -> Result<bool>;
     async fn has_admin_key(&self) -> Result<bool>;
 
-    /// Records an execution as it starts (status `running`).
-    async fn insert_execution(&self, tenant: &str, record: &ExecutionResult) -> Result<()>;
-    /// Replaces a record with its final result.
-    async fn finish_execution(&self, record: &ExecutionResult) -> Result<()>;
+    /// Records an execution: as it starts (status `running`), or once with its result and
+    /// its charge.
+    async fn insert_execution(
+        &self,
+        tenant: &str,
+        record: &ExecutionResult,
+        charge: Option<&Metered>,
+    ) -> Result<()>;
+    /// Replaces a record with its final result, and records its charge, in one transaction.
+    async fn finish_execution(
+        &self,
+        record: &ExecutionResult,
+        charge: Option<&Metered>,
+    ) -> Result<()>;
     /// One tenant's execution; another tenant's is `None`, as if it did not exist.
     async fn execution(&self, tenant: &str, id: &str) -> Result<Option<ExecutionResult>>;
     /// Marks executions left `running` by a previous process as `lost`; returns how many.
     async fn mark_interrupted_executions(&self) -> Result<u64>;
 
     /// Creates or replaces an instance's record.
-    async fn put_instance(&self, tenant: &str, instance: &Instance) -> Result<()>;
+    async fn put_instance(&self, tenant: &str, instance: &Instance) -> Result<()> {
+        self.put_instance_charged(tenant, instance, None).await
+    }
+    /// Creates or replaces an instance's record and records the charge of what it used up
+    /// to this change, in one transaction.
+    async fn put_instance_charged(
+        &self,
+        tenant: &str,
+        instance: &Instance,
+        charge: Option<&Metered>,
+    ) -> Result<()>;
     /// One tenant's instance; another tenant's, or a deleted one, is `None`.
     async fn instance(&self, tenant: &str, id: &str) -> Result<Option<Instance>>;
     /// A tenant's instances (not the deleted ones), oldest first.
@@ -142,6 +195,37 @@ pub trait Store: Send + Sync + 'static {
     async fn chunk_digests(&self) -> Result<Vec<String>>;
     /// The compressed bytes of a tenant's stored chunks, each counted once.
     async fn stored_bytes(&self, tenant: &str) -> Result<u64>;
+    /// The compressed bytes of every stored chunk.
+    async fn total_stored_bytes(&self) -> Result<u64>;
+
+    /// Records charges (each priced, with the discount its month's spend earns); one whose
+    /// id is already recorded is ignored.
+    async fn record_usage(&self, charges: Vec<Metered>) -> Result<()>;
+    /// Charges every tenant's snapshot storage up to `now_ms` (storage is also charged at
+    /// every change of it, in the transaction of the change).
+    async fn meter_storage(&self, now_ms: u64) -> Result<()>;
+    /// A tenant's charges that ended in `[from_ms, to_ms)`, oldest first, at most `limit`.
+    async fn usage_records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>>;
+    /// A tenant's charges that ended in `[from_ms, to_ms)`, added up by group (key, totals).
+    async fn usage_summary(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        group: UsageGroup,
+    ) -> Result<Vec<(String, UsageTotals)>>;
+    /// A tenant's list spend and cost in a month (`yyyymm`).
+    async fn month_spend(&self, tenant: &str, month: u32) -> Result<(u64, u64)>;
+    /// A tenant's quota overrides (JSON), if an admin set any.
+    async fn quotas(&self, tenant: &str) -> Result<Option<String>>;
+    /// Sets (or with `None` clears) a tenant's quota overrides.
+    async fn set_quotas(&self, tenant: &str, quotas: Option<String>) -> Result<()>;
 
     async fn insert_credential(&self, credential: Credential) -> Result<()>;
     /// The credential with this hash, unless revoked.

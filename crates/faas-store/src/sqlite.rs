@@ -8,7 +8,11 @@ use async_trait::async_trait;
 use faas_api::{ExecStatus, ExecutionResult, Instance, Role, Snapshot};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Credential, CredentialKind, KeyRecord, PackWork, Result, Store, StoreError};
+use crate::billing::{Metered, Pricing, UsageKind, UsageRecord, month_of};
+use crate::{
+    Credential, CredentialKind, KeyRecord, PackWork, Result, Store, StoreError, UsageGroup,
+    UsageTotals,
+};
 
 /// Schema migrations, applied in order; the database's `user_version` is how many ran.
 /// Never edit one that has shipped: add a new one.
@@ -82,16 +86,61 @@ const MIGRATIONS: &[&str] = &[
         stored_bytes INTEGER NOT NULL
     );
     CREATE INDEX chunks_tenant ON chunks(tenant);",
+    // 6: metering. One row per charge (its id makes a second write of it a no-op), each
+    // tenant's spend per month (what volume discounts and spend caps read), the storage
+    // each tenant held since its last charge, quota overrides, and keys' rate-limit tiers.
+    "CREATE TABLE usage (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        image TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        cpu_us INTEGER NOT NULL,
+        wall_us INTEGER NOT NULL,
+        memory_peak_bytes INTEGER NOT NULL,
+        memory_avg_bytes INTEGER NOT NULL,
+        memory_kib_ms INTEGER NOT NULL,
+        storage_kib_ms INTEGER NOT NULL,
+        egress_bytes INTEGER NOT NULL,
+        gpu_ms INTEGER NOT NULL,
+        list_micros INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL
+    );
+    CREATE INDEX usage_tenant ON usage(tenant, end_ms);
+    CREATE TABLE month_spend (
+        tenant TEXT NOT NULL,
+        month INTEGER NOT NULL,
+        list_micros INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        PRIMARY KEY (tenant, month)
+    );
+    CREATE TABLE storage_meters (
+        tenant TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        since_ms INTEGER NOT NULL,
+        carry_pico INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tenant_quotas (
+        tenant TEXT PRIMARY KEY,
+        quotas TEXT NOT NULL
+    );
+    ALTER TABLE api_keys ADD COLUMN rate_tier TEXT;",
 ];
 
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Prices charges as they are recorded.
+    pricing: Arc<Pricing>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) and migrates the database at `path`; charges are priced
+    /// with `pricing`.
+    pub fn open(path: &Path, pricing: Pricing) -> Result<Self> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the
@@ -100,7 +149,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), pricing: Arc::new(pricing) })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -145,10 +194,134 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         hash: row.get(4)?,
         created_at_ms: row.get::<_, i64>(5)? as u64,
         revoked: row.get::<_, i64>(6)? != 0,
+        rate_tier: row.get(7)?,
     })
 }
 
-const KEY_COLUMNS: &str = "id, tenant, name, role, hash, created_at_ms, revoked";
+const KEY_COLUMNS: &str = "id, tenant, name, role, hash, created_at_ms, revoked, rate_tier";
+
+/// Prices `m` and records it, with the month's spend, unless a charge with its id exists.
+fn insert_charge(tx: &Connection, pricing: &Pricing, m: &Metered) -> rusqlite::Result<()> {
+    let month = month_of(m.end_ms);
+    let before: i64 = tx
+        .prepare_cached("SELECT list_micros FROM month_spend WHERE tenant = ?1 AND month = ?2")?
+        .query_row(params![m.tenant, month], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let list = m.settled_list_micros.unwrap_or_else(|| pricing.list_micros(m));
+    let cost = pricing.cost_micros(before as u64, list);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO usage (id, tenant, kind, resource, mode, image, start_ms,
+             end_ms, cpu_us, wall_us, memory_peak_bytes, memory_avg_bytes, memory_kib_ms,
+             storage_kib_ms, egress_bytes, gpu_ms, list_micros, cost_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        )?
+        .execute(params![
+            m.id,
+            m.tenant,
+            m.kind.as_str(),
+            m.resource,
+            m.mode,
+            m.image,
+            m.start_ms as i64,
+            m.end_ms as i64,
+            m.cpu_us as i64,
+            m.wall_us as i64,
+            m.memory_peak_bytes as i64,
+            m.memory_avg_bytes as i64,
+            m.memory_kib_ms as i64,
+            m.storage_kib_ms as i64,
+            m.egress_bytes as i64,
+            m.gpu_ms as i64,
+            list as i64,
+            cost as i64,
+        ])?;
+    if inserted > 0 {
+        tx.prepare_cached(
+            "INSERT INTO month_spend (tenant, month, list_micros, cost_micros) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(tenant, month) DO UPDATE SET list_micros = list_micros + excluded.list_micros,
+             cost_micros = cost_micros + excluded.cost_micros",
+        )?
+        .execute(params![m.tenant, month, list as i64, cost as i64])?;
+    }
+    Ok(())
+}
+
+/// Charges the storage `tenant` held since its last charge (at the bytes it held then) and
+/// starts a new period at what it holds now. Called in the transaction of every change to
+/// its chunks, and by the meter.
+fn advance_storage(
+    tx: &Connection,
+    pricing: &Pricing,
+    tenant: &str,
+    now: u64,
+) -> rusqlite::Result<()> {
+    let held: i64 = tx
+        .prepare_cached("SELECT COALESCE(SUM(stored_bytes), 0) FROM chunks WHERE tenant = ?1")?
+        .query_row(params![tenant], |r| r.get(0))?;
+    let last: Option<(i64, i64, i64)> = tx
+        .prepare_cached("SELECT bytes, since_ms, carry_pico FROM storage_meters WHERE tenant = ?1")?
+        .query_row(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let mut carry = 0;
+    if let Some((bytes, since, carried)) = last {
+        let (bytes, since) = (bytes as u64, since as u64);
+        carry = carried as u64;
+        if bytes > 0 && now > since {
+            let kib_ms = (bytes as u128 / 1024 * (now - since) as u128).min(i64::MAX as u128);
+            let mut m = Metered {
+                id: format!("st_{tenant}_{since}"),
+                tenant: tenant.to_owned(),
+                kind: UsageKind::Storage,
+                resource: tenant.to_owned(),
+                start_ms: since,
+                end_ms: now,
+                storage_kib_ms: kib_ms as u64,
+                ..Default::default()
+            };
+            let (list, left) = pricing.settle(&m, carry, false);
+            (m.settled_list_micros, carry) = (Some(list), left);
+            insert_charge(tx, pricing, &m)?;
+        }
+    } else if held == 0 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO storage_meters (tenant, bytes, since_ms, carry_pico) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(tenant) DO UPDATE SET bytes = excluded.bytes,
+         since_ms = MAX(since_ms, excluded.since_ms), carry_pico = excluded.carry_pico",
+    )?
+    .execute(params![tenant, held, now as i64, carry as i64])?;
+    Ok(())
+}
+
+fn usage_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRecord> {
+    let n = |i: usize| row.get::<_, i64>(i).map(|v| v as u64);
+    Ok(UsageRecord {
+        metered: Metered {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            kind: UsageKind::parse(&row.get::<_, String>(2)?),
+            resource: row.get(3)?,
+            mode: row.get(4)?,
+            image: row.get(5)?,
+            start_ms: n(6)?,
+            end_ms: n(7)?,
+            cpu_us: n(8)?,
+            wall_us: n(9)?,
+            memory_peak_bytes: n(10)?,
+            memory_avg_bytes: n(11)?,
+            memory_kib_ms: n(12)?,
+            storage_kib_ms: n(13)?,
+            egress_bytes: n(14)?,
+            gpu_ms: n(15)?,
+            settled_list_micros: None,
+        },
+        list_micros: n(16)?,
+        cost_micros: n(17)?,
+    })
+}
 
 fn decode(id: &str, json: &str) -> Result<ExecutionResult> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt { id: id.to_owned(), source })
@@ -190,7 +363,13 @@ fn decode_instance(id: &str, json: &str) -> Result<Instance> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn put_instance(&self, tenant: &str, instance: &Instance) -> Result<()> {
+    async fn put_instance_charged(
+        &self,
+        tenant: &str,
+        instance: &Instance,
+        charge: Option<&Metered>,
+    ) -> Result<()> {
+        let (pricing, charged) = (Arc::clone(&self.pricing), charge.cloned());
         let (tenant, id, status, created) = (
             tenant.to_owned(),
             instance.id.clone(),
@@ -199,11 +378,16 @@ impl Store for SqliteStore {
         );
         let json = serde_json::to_string(instance).unwrap_or_default();
         self.with(move |c| {
-            c.prepare_cached(
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached(
                 "INSERT INTO instances (id, tenant, status, created_at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET status = excluded.status, record = excluded.record",
             )?
             .execute(params![id, tenant, status, created, json])?;
+            if let Some(m) = &charged {
+                insert_charge(&tx, &pricing, m)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -330,8 +514,11 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let (tenant, id, pack) = (tenant.to_owned(), snapshot.id.clone(), pack.to_owned());
         let json = serde_json::to_string(snapshot).unwrap_or_default();
+        let pricing = Arc::clone(&self.pricing);
         self.with(move |c| {
             let tx = c.unchecked_transaction()?;
+            // What the tenant held until now is charged at what it was.
+            advance_storage(&tx, &pricing, &tenant, now_ms() as u64)?;
             tx.prepare_cached("INSERT INTO snapshot_packs (snapshot_id, pack) VALUES (?1, ?2)")?
                 .execute(params![id, pack])?;
             let mut chunk = tx.prepare_cached(
@@ -348,6 +535,7 @@ impl Store for SqliteStore {
             drop((chunk, held));
             tx.prepare_cached("UPDATE snapshots SET record = ?2 WHERE id = ?1")?
                 .execute(params![id, json])?;
+            advance_storage(&tx, &pricing, &tenant, now_ms() as u64)?;
             tx.commit()?;
             Ok(())
         })
@@ -366,8 +554,16 @@ impl Store for SqliteStore {
 
     async fn release_pack(&self, snapshot_id: &str) -> Result<Vec<String>> {
         let id = snapshot_id.to_owned();
+        let pricing = Arc::clone(&self.pricing);
         self.with(move |c| {
             let tx = c.unchecked_transaction()?;
+            let tenant: Option<String> = tx
+                .prepare_cached("SELECT tenant FROM snapshots WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?;
+            if let Some(tenant) = &tenant {
+                advance_storage(&tx, &pricing, tenant, now_ms() as u64)?;
+            }
             let held: Vec<String> = tx
                 .prepare_cached("SELECT digest FROM pack_chunks WHERE snapshot_id = ?1")?
                 .query_map(params![id], |r| r.get(0))?
@@ -387,6 +583,9 @@ impl Store for SqliteStore {
                 if n > 0 {
                     unheld.push(digest);
                 }
+            }
+            if let Some(tenant) = &tenant {
+                advance_storage(&tx, &pricing, tenant, now_ms() as u64)?;
             }
             tx.commit()?;
             Ok(unheld)
@@ -436,6 +635,166 @@ impl Store for SqliteStore {
                     "SELECT COALESCE(SUM(stored_bytes), 0) FROM chunks WHERE tenant = ?1",
                 )?
                 .query_row(params![tenant], |r| r.get(0))?;
+            Ok(sum as u64)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, charges: Vec<Metered>) -> Result<()> {
+        let pricing = Arc::clone(&self.pricing);
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            for m in &charges {
+                insert_charge(&tx, &pricing, m)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn meter_storage(&self, now_ms: u64) -> Result<()> {
+        let pricing = Arc::clone(&self.pricing);
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let tenants: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT tenant FROM storage_meters UNION SELECT DISTINCT tenant FROM chunks",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for tenant in tenants {
+                advance_storage(&tx, &pricing, &tenant, now_ms)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn usage_records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id, tenant, kind, resource, mode, image, start_ms, end_ms, cpu_us, wall_us,
+                 memory_peak_bytes, memory_avg_bytes, memory_kib_ms, storage_kib_ms, egress_bytes,
+                 gpu_ms, list_micros, cost_micros FROM usage
+                 WHERE tenant = ?1 AND end_ms >= ?2 AND end_ms < ?3
+                 ORDER BY end_ms, rowid LIMIT ?4",
+            )?
+            .query_map(
+                params![tenant, from_ms as i64, to_ms.min(i64::MAX as u64) as i64, limit as i64],
+                usage_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn usage_summary(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        group: UsageGroup,
+    ) -> Result<Vec<(String, UsageTotals)>> {
+        let tenant = tenant.to_owned();
+        let key = match group {
+            UsageGroup::Total => "''",
+            UsageGroup::Day => "CAST(end_ms / 86400000 AS TEXT)",
+            UsageGroup::Mode => "CASE kind WHEN 'storage' THEN 'storage' ELSE mode END",
+            UsageGroup::Image => "CASE kind WHEN 'storage' THEN 'snapshots' ELSE image END",
+        };
+        self.with(move |c| {
+            let sql = format!(
+                "SELECT {key}, COUNT(*), SUM(cpu_us), SUM(wall_us), SUM(memory_kib_ms),
+                 MAX(memory_peak_bytes), SUM(storage_kib_ms), SUM(egress_bytes), SUM(gpu_ms),
+                 SUM(list_micros), SUM(cost_micros) FROM usage
+                 WHERE tenant = ?1 AND end_ms >= ?2 AND end_ms < ?3 GROUP BY 1 ORDER BY MIN(end_ms)"
+            );
+            let rows = c
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![tenant, from_ms as i64, to_ms.min(i64::MAX as u64) as i64],
+                    |r| {
+                        let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            UsageTotals {
+                                records: n(1)?,
+                                cpu_us: n(2)?,
+                                wall_us: n(3)?,
+                                memory_kib_ms: n(4)?,
+                                memory_peak_bytes: n(5)?,
+                                storage_kib_ms: n(6)?,
+                                egress_bytes: n(7)?,
+                                gpu_ms: n(8)?,
+                                list_micros: n(9)?,
+                                cost_micros: n(10)?,
+                            },
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn month_spend(&self, tenant: &str, month: u32) -> Result<(u64, u64)> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            let row: Option<(i64, i64)> = c
+                .prepare_cached(
+                    "SELECT list_micros, cost_micros FROM month_spend WHERE tenant = ?1 AND month = ?2",
+                )?
+                .query_row(params![tenant, month], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(row.map_or((0, 0), |(l, c)| (l as u64, c as u64)))
+        })
+        .await
+    }
+
+    async fn quotas(&self, tenant: &str) -> Result<Option<String>> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached("SELECT quotas FROM tenant_quotas WHERE tenant = ?1")?
+                .query_row(params![tenant], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_quotas(&self, tenant: &str, quotas: Option<String>) -> Result<()> {
+        let tenant = tenant.to_owned();
+        self.with(move |c| {
+            match quotas {
+                Some(q) => c
+                    .prepare_cached(
+                        "INSERT INTO tenant_quotas (tenant, quotas) VALUES (?1, ?2)
+                         ON CONFLICT(tenant) DO UPDATE SET quotas = excluded.quotas",
+                    )?
+                    .execute(params![tenant, q])?,
+                None => c
+                    .prepare_cached("DELETE FROM tenant_quotas WHERE tenant = ?1")?
+                    .execute(params![tenant])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn total_stored_bytes(&self) -> Result<u64> {
+        self.with(move |c| {
+            let sum: i64 = c
+                .prepare_cached("SELECT COALESCE(SUM(stored_bytes), 0) FROM chunks")?
+                .query_row([], |r| r.get(0))?;
             Ok(sum as u64)
         })
         .await
@@ -522,7 +881,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             c.execute(
                 &format!(
-                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                 ),
                 params![
                     key.id,
@@ -531,7 +890,8 @@ impl Store for SqliteStore {
                     key.role.as_str(),
                     key.hash,
                     key.created_at_ms as i64,
-                    key.revoked as i64
+                    key.revoked as i64,
+                    key.rate_tier
                 ],
             )?;
             Ok(())
@@ -585,7 +945,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_execution(&self, tenant: &str, record: &ExecutionResult) -> Result<()> {
+    async fn insert_execution(
+        &self,
+        tenant: &str,
+        record: &ExecutionResult,
+        charge: Option<&Metered>,
+    ) -> Result<()> {
+        let (pricing, charged) = (Arc::clone(&self.pricing), charge.cloned());
         let (tenant, id, status, created, json) = (
             tenant.to_owned(),
             record.id.clone(),
@@ -594,20 +960,35 @@ impl Store for SqliteStore {
             encode(record),
         );
         self.with(move |c| {
-            c.prepare_cached(
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached(
                 "INSERT INTO executions (id, tenant, status, created_at_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![id, tenant, status, created, json])?;
+            if let Some(m) = &charged {
+                insert_charge(&tx, &pricing, m)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn finish_execution(&self, record: &ExecutionResult) -> Result<()> {
+    async fn finish_execution(
+        &self,
+        record: &ExecutionResult,
+        charge: Option<&Metered>,
+    ) -> Result<()> {
+        let (pricing, charged) = (Arc::clone(&self.pricing), charge.cloned());
         let (id, status, json) = (record.id.clone(), record.status.as_str(), encode(record));
         self.with(move |c| {
-            c.prepare_cached("UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1")?
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached("UPDATE executions SET status = ?2, result = ?3 WHERE id = ?1")?
                 .execute(params![id, status, json])?;
+            if let Some(m) = &charged {
+                insert_charge(&tx, &pricing, m)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -661,7 +1042,7 @@ mod tests {
             rand_suffix()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let store = SqliteStore::open(&dir.join("faas.db")).expect("open");
+        let store = SqliteStore::open(&dir.join("faas.db"), Pricing::default()).expect("open");
         (dir, store)
     }
 
@@ -702,12 +1083,18 @@ mod tests {
     #[tokio::test]
     async fn executions_are_per_tenant_and_survive_reopen() {
         let (dir, store) = temp_db();
-        store.insert_execution("a", &record("ex1", ExecStatus::Running)).await.expect("insert");
-        store.insert_execution("a", &record("ex2", ExecStatus::Running)).await.expect("insert");
-        store.finish_execution(&record("ex2", ExecStatus::Exited)).await.expect("finish");
+        store
+            .insert_execution("a", &record("ex1", ExecStatus::Running), None)
+            .await
+            .expect("insert");
+        store
+            .insert_execution("a", &record("ex2", ExecStatus::Running), None)
+            .await
+            .expect("insert");
+        store.finish_execution(&record("ex2", ExecStatus::Exited), None).await.expect("finish");
         assert!(store.execution("b", "ex1").await.expect("query").is_none());
         drop(store);
-        let store = SqliteStore::open(&dir.join("faas.db")).expect("reopen");
+        let store = SqliteStore::open(&dir.join("faas.db"), Pricing::default()).expect("reopen");
         assert_eq!(store.mark_interrupted_executions().await.expect("mark"), 1);
         let ex1 = store.execution("a", "ex1").await.expect("query").expect("present");
         assert_eq!(ex1.status, ExecStatus::Lost);
@@ -727,6 +1114,7 @@ mod tests {
             hash: "h1".into(),
             created_at_ms: 1,
             revoked: false,
+            rate_tier: None,
         };
         store.insert_key(key).await.expect("insert");
         assert!(!store.revoke_key("k1", Some("b")).await.expect("revoke"));
@@ -795,7 +1183,43 @@ mod tests {
         let conn = Connection::open(dir.join("faas.db")).expect("open");
         conn.pragma_update(None, "user_version", 99).expect("set");
         drop(conn);
-        assert!(matches!(SqliteStore::open(&dir.join("faas.db")), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            SqliteStore::open(&dir.join("faas.db"), Pricing::default()),
+            Err(StoreError::TooNew { .. })
+        ));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn charges_are_recorded_once_and_discounted_by_the_month_spend() {
+        let (_dir, store) = temp_db();
+        let tiers = Pricing::default();
+        let charge = |id: &str, cpu_us: u64| Metered {
+            id: id.into(),
+            tenant: "a".into(),
+            mode: "ephemeral".into(),
+            // 2026-11-23
+            end_ms: 1_795_460_400_000,
+            cpu_us,
+            ..Default::default()
+        };
+        // 60 and 60 units of list price: the second crosses the 100-unit tier.
+        let sixty = 60_000_000 * 1_000_000 / tiers.vcpu_second_micros;
+        store.record_usage(vec![charge("u1", sixty)]).await.expect("charge");
+        store.record_usage(vec![charge("u1", sixty)]).await.expect("again");
+        assert_eq!(store.month_spend("a", 202611).await.expect("spend"), (60_000_000, 60_000_000));
+        store.record_usage(vec![charge("u2", sixty)]).await.expect("charge");
+        let (list, cost) = store.month_spend("a", 202611).await.expect("spend");
+        assert_eq!(list, 120_000_000);
+        assert_eq!(cost, 60_000_000 + 40_000_000 + 18_000_000);
+        let records = store.usage_records("a", 0, u64::MAX, 10).await.expect("records");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].cost_micros, 58_000_000);
+        assert!(store.usage_records("b", 0, u64::MAX, 10).await.expect("records").is_empty());
+        let by_mode =
+            store.usage_summary("a", 0, u64::MAX, UsageGroup::Mode).await.expect("summary");
+        assert_eq!(by_mode.len(), 1);
+        assert_eq!(by_mode[0].0, "ephemeral");
+        assert_eq!(by_mode[0].1.cost_micros, cost);
     }
 }

@@ -17,6 +17,9 @@ pub enum KeysCmd {
         /// An admin key instead of a tenant key.
         #[arg(long)]
         admin: bool,
+        /// The rate-limit tier (`[rate_limits.tiers]`); default: `default`.
+        #[arg(long)]
+        rate_tier: Option<String>,
     },
     List {
         #[arg(long)]
@@ -31,11 +34,12 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     let rt = runtime()?;
     match cmd {
-        KeysCmd::Create { tenant, name, admin } => {
+        KeysCmd::Create { tenant, name, admin, rate_tier } => {
             let req = CreateKeyRequest {
                 tenant,
                 name,
                 role: if admin { Role::Admin } else { Role::Tenant },
+                rate_tier,
             };
             let answer = rt.block_on(client.call(
                 Method::POST,

@@ -151,18 +151,19 @@ impl Engine {
         tenant: &Tenant,
         id: &str,
         port: u16,
-    ) -> Result<tokio::io::DuplexStream, EngineError> {
+    ) -> Result<crate::PortStream, EngineError> {
         if port == 0 {
             return Err(invalid("port", "must be between 1 and 65535"));
         }
         let live = self.live(tenant, id)?;
         let sandbox = self.running(&live)?;
         live.touch();
-        sandbox.connect(port).await.map_err(|e| match e {
+        let stream = sandbox.connect(port).await.map_err(|e| match e {
             RunError::Agent(AgentError::Refused { message, .. }) => EngineError::BadGateway {
                 message: format!("nothing answers on port {port} in instance {id}: {message}"),
             },
             other => EngineError::Sandbox(other),
-        })
+        })?;
+        Ok(crate::PortStream::new(stream, std::sync::Arc::clone(&live.egress)))
     }
 }

@@ -55,7 +55,10 @@ impl Engine {
         tenant: &Tenant,
         mut record: Instance,
     ) -> Result<Arc<Live>, EngineError> {
-        let max = self.config.instances.max_per_tenant;
+        let quotas = match record.metadata.contains_key(crate::stateful::SCRATCH) {
+            false => Some(self.admit_instance(tenant, record.limits.memory_mb, 1).await?),
+            true => None,
+        };
         let now = now_ms();
         record.status = InstanceStatus::Creating;
         record.created_at_ms = now;
@@ -67,10 +70,13 @@ impl Engine {
         {
             // Counted and taken under one lock: concurrent creations cannot both pass.
             let mut instances = self.instances.lock();
-            if instances.values().filter(|l| l.tenant == tenant.0).count() >= max {
-                return Err(EngineError::Conflict {
-                    message: format!("a tenant may hold at most {max} instances"),
-                });
+            if let Some(quotas) = &quotas {
+                let held = instances
+                    .values()
+                    .filter(|l| l.tenant == tenant.0)
+                    .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
+                    .count();
+                crate::quotas::instance_count_allowed(quotas, held as u64, 1)?;
             }
             instances.insert(id.clone(), Arc::clone(&live));
         }
@@ -196,7 +202,11 @@ impl Engine {
     /// Starts the instance's sandbox on its disk: creating -> running (or failed).
     pub(crate) async fn boot(&self, live: &Live) -> Result<Instance, EngineError> {
         live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let started = self.start_sandbox(&live.record()).await;
+        let record = live.record();
+        if !record.metadata.contains_key(crate::stateful::SCRATCH) {
+            metrics::counter!("faas_sandbox_starts_total", "mode" => "persistent").increment(1);
+        }
+        let started = self.start_sandbox(&record).await;
         self.booted(live, started).await
     }
 
@@ -291,6 +301,10 @@ impl Engine {
     pub async fn start_instance(&self, tenant: &Tenant, id: &str) -> Result<Instance, EngineError> {
         let live = self.live(tenant, id)?;
         let _guard = live.lifecycle.lock().await;
+        let record = live.record();
+        if matches!(record.status, InstanceStatus::Stopped | InstanceStatus::Failed) {
+            self.admit_instance(tenant, record.limits.memory_mb, 0).await?;
+        }
         self.transition(&live, InstanceStatus::Creating, None).await?;
         self.boot(&live).await
     }
@@ -299,11 +313,13 @@ impl Engine {
     pub async fn delete_instance(&self, tenant: &Tenant, id: &str) -> Result<(), EngineError> {
         let live = self.live(tenant, id)?;
         let _guard = live.lifecycle.lock().await;
+        // What it used is read before its sandbox (and cgroup) go.
+        let charge = self.instance_charge(&live, true);
         let sandbox = live.sandbox.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(sandbox) = sandbox {
             let _ = sandbox.destroy().await;
         }
-        self.transition(&live, InstanceStatus::Deleted, None).await?;
+        self.transition_charged(&live, InstanceStatus::Deleted, None, charge).await?;
         self.instances.lock().remove(id);
         // Its SSH keys and public port tokens die with it.
         self.store.revoke_credentials(&tenant.0, id, None, None, None).await?;

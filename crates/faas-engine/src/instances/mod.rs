@@ -24,6 +24,7 @@ use faas_sandbox::AgentSandbox;
 use crate::execute::now_ms;
 use crate::{Engine, EngineError, Tenant};
 
+use crate::metering::InstanceMeter;
 pub use exec::InstanceExecAnswer;
 pub use files::FileRead;
 pub(crate) use lifecycle::{sandbox_id, validate_metadata};
@@ -44,6 +45,10 @@ pub(crate) struct Live {
     /// Open interactive sessions (terminals, SSH channels): while any is, the instance is
     /// in use, not idle.
     attached: std::sync::atomic::AtomicUsize,
+    /// What has been charged of its running sandbox, up to when.
+    pub(crate) meter: Mutex<Option<InstanceMeter>>,
+    /// Bytes sent out through its port proxies and not charged yet.
+    pub(crate) egress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Live {
@@ -56,6 +61,8 @@ impl Live {
             processes: Default::default(),
             contexts: Default::default(),
             attached: Default::default(),
+            meter: Mutex::new(None),
+            egress: Default::default(),
         }
     }
 
@@ -63,7 +70,7 @@ impl Live {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn sandbox(&self) -> Option<Arc<AgentSandbox>> {
+    pub(crate) fn sandbox(&self) -> Option<Arc<AgentSandbox>> {
         self.sandbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -78,13 +85,17 @@ pub(crate) struct Instances {
 }
 
 impl Instances {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many instances `tenant` holds.
+    /// How many instances `tenant` holds (not counting executions' own).
     pub(crate) fn held_by(&self, tenant: &str) -> usize {
-        self.lock().values().filter(|l| l.tenant == tenant).count()
+        self.lock()
+            .values()
+            .filter(|l| l.tenant == tenant)
+            .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
+            .count()
     }
 }
 
@@ -112,12 +123,30 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound { kind: "instance", id: id.to_owned() })
     }
 
-    /// Moves an instance to `to` (409 when its state does not allow it) and records it.
+    /// Moves an instance to `to` (409 when its state does not allow it) and records it;
+    /// leaving `running`, with the charge of its last period, in the same transaction.
     pub(crate) async fn transition(
         &self,
         live: &Live,
         to: InstanceStatus,
         error: Option<String>,
+    ) -> Result<Instance, EngineError> {
+        let charge = match live.record().status {
+            InstanceStatus::Running if to != InstanceStatus::Running => {
+                self.instance_charge(live, true)
+            }
+            _ => None,
+        };
+        self.transition_charged(live, to, error, charge).await
+    }
+
+    /// As `transition`, with the charge read by the caller (before it ended the sandbox).
+    pub(crate) async fn transition_charged(
+        &self,
+        live: &Live,
+        to: InstanceStatus,
+        error: Option<String>,
+        charge: Option<faas_store::Metered>,
     ) -> Result<Instance, EngineError> {
         let record = {
             let mut record = live.record.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +171,11 @@ impl Engine {
             }
             record.clone()
         };
-        self.store.put_instance(&live.tenant, &record).await?;
+        self.store.put_instance_charged(&live.tenant, &record, charge.as_ref()).await?;
+        if to == InstanceStatus::Running {
+            self.open_meter(live);
+        }
+        self.count_running_instances();
         Ok(record)
     }
 

@@ -18,6 +18,7 @@ fn info(record: KeyRecord) -> KeyInfo {
         role: record.role,
         created_at_ms: record.created_at_ms,
         revoked: record.revoked,
+        rate_tier: record.rate_tier,
     }
 }
 
@@ -39,7 +40,16 @@ pub async fn create(
     if req.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::InvalidRequest("name: at most 200 bytes".into()));
     }
-    let (key, record) = new_key(&req.tenant, req.name, req.role);
+    let tiers = &state.engine.config().rate_limits.tiers;
+    if let Some(tier) = req.rate_tier.as_deref().filter(|t| !tiers.contains_key(*t)) {
+        let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
+        return Err(ApiError::InvalidRequest(format!(
+            "rate_tier: no tier '{tier}' (the server has: {})",
+            known.join(", ")
+        )));
+    }
+    let (key, mut record) = new_key(&req.tenant, req.name, req.role);
+    record.rate_tier = req.rate_tier;
     state.engine.store().insert_key(record.clone()).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey { key, info: info(record) })))
 }

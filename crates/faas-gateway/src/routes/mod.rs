@@ -11,6 +11,7 @@ mod ports;
 mod snapshots;
 mod stream;
 mod terminal;
+mod usage;
 
 use axum::Router;
 use axum::routing::{any, delete, get, post};
@@ -79,4 +80,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/executions/{id}", get(execute::get_execution))
         .route("/api/v1/keys", post(keys::create).get(keys::list))
         .route("/api/v1/keys/{id}", delete(keys::revoke))
+        .route("/api/v1/usage", get(usage::report))
+        .route("/api/v1/usage/current", get(usage::current))
+        .route("/api/v1/usage/records", get(usage::records))
+        .route("/api/v1/quotas", get(usage::quotas))
+        .route(
+            "/api/v1/tenants/{tenant}/quotas",
+            get(usage::tenant_quotas).put(usage::set_tenant_quotas),
+        )
+        .route("/metrics", get(crate::limits::render))
 }
