@@ -327,11 +327,12 @@ pub struct DiscountTierInfo {
     pub percent: u64,
 }
 
-/// `GET /api/v1/usage/records`: single charges, oldest first.
+/// `GET /api/v1/usage/records`: single charges in the order they were made (the order
+/// volume discounts were applied in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecordList {
     pub records: Vec<UsageRecordInfo>,
-    /// More records match than were returned; ask again from the last one's `end_ms`.
+    /// More records match than were returned: ask again with `after` = the last one's id.
     pub truncated: bool,
 }
 

@@ -65,14 +65,17 @@ impl Default for QuotaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeteringConfig {
-    /// How often running instances and snapshot storage are charged (a crash of the
-    /// server loses at most this much of a running instance's usage).
+    /// How often running instances are charged (a crash of the server loses at most this
+    /// much of a running instance's usage); each charge is one row in the store.
     pub interval_secs: u64,
+    /// How often snapshot storage is charged besides every change of it (a pack or a
+    /// release charges the period before it exactly).
+    pub storage_interval_secs: u64,
 }
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        Self { interval_secs: 10 }
+        Self { interval_secs: 60, storage_interval_secs: 3600 }
     }
 }
 
@@ -176,6 +179,9 @@ impl Default for SshConfig {
 pub struct InstanceConfig {
     pub default_disk_mb: u64,
     pub max_disk_mb: u64,
+    /// Deprecated: `[quotas] max_instances`, which it sets when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_tenant: Option<u64>,
     /// The longest TTL or idle timeout a request may set, in seconds.
     pub max_timeout_secs: u64,
     /// Largest file upload (`PUT .../files`).
@@ -187,6 +193,7 @@ impl Default for InstanceConfig {
         Self {
             default_disk_mb: 1024,
             max_disk_mb: 20 * 1024,
+            max_per_tenant: None,
             max_timeout_secs: 30 * 86400,
             max_upload_mb: 1024,
         }

@@ -35,7 +35,22 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Engine {
+    /// Runs one call to its end on a task of its own: a caller that goes away (a dropped
+    /// HTTP request) neither loses the record and charge of a run under way nor leaves an
+    /// execution's instances behind. Streaming callers cancel through `Streams::cancel`.
     pub async fn execute(
+        self: &std::sync::Arc<Self>,
+        tenant: &Tenant,
+        req: ExecuteRequest,
+        streams: Streams,
+    ) -> Result<ExecutionResult, EngineError> {
+        let (engine, tenant) = (std::sync::Arc::clone(self), tenant.clone());
+        tokio::spawn(async move { Box::pin(engine.execute_here(&tenant, req, streams)).await })
+            .await
+            .map_err(|e| EngineError::Sandbox(faas_sandbox::RunError::Task(e)))?
+    }
+
+    async fn execute_here(
         self: &std::sync::Arc<Self>,
         tenant: &Tenant,
         req: ExecuteRequest,
@@ -45,14 +60,17 @@ impl Engine {
             return Box::pin(self.execute_stateful(tenant, req, streams)).await;
         }
         let plan = self.plan(req)?;
-        // A context's sandbox is running already: the call starts none.
+        // A context's sandbox runs already: the call starts none, but it is charged.
         let _load = match plan.context_id {
             None => Some(self.admit_tenant(tenant, 1, plan.limits.memory_mb).await?),
-            Some(_) => None,
+            Some(_) => {
+                self.check_spend(tenant, &self.quotas(&tenant.0).await?).await?;
+                None
+            }
         };
         let _permit = self.admit()?;
         let mode = if plan.context_id.is_some() { Mode::Cached } else { plan.mode };
-        metrics::counter!("faas_sandbox_starts_total", "mode" => mode.as_str()).increment(1);
+        metrics::counter!("faas_executions_total", "mode" => mode.as_str()).increment(1);
         let record = new_record(mode, &plan.image.name, plan.limits);
         let io = run_io(&plan, streams);
         let id = record.id.clone();
@@ -137,6 +155,7 @@ impl Engine {
         plan: Plan,
         io: RunIo,
     ) -> Result<RunOutcome, EngineError> {
+        metrics::counter!("faas_sandbox_starts_total", "mode" => "ephemeral").increment(1);
         let mut files = Vec::new();
         let mut blob = Vec::new();
         for (path, content) in plan.files {

@@ -67,7 +67,14 @@ fn startup(
 impl Engine {
     /// Opens the store, clears what a crashed predecessor left, prepares images and starts
     /// the sandbox launcher.
-    pub async fn start(config: Config) -> Result<Arc<Self>, EngineError> {
+    pub async fn start(mut config: Config) -> Result<Arc<Self>, EngineError> {
+        if let Some(max) = config.instances.max_per_tenant.take() {
+            tracing::warn!(
+                max,
+                "[instances] max_per_tenant is deprecated: use [quotas] max_instances"
+            );
+            config.quotas.max_instances = max;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| startup("creating the data directory")(e.into()))?;
         config.pricing.validate().map_err(|e| startup("reading [pricing]")(e.into()))?;
@@ -137,8 +144,7 @@ impl Engine {
         packing::spawn(Arc::downgrade(&engine), pack_jobs);
         contexts::spawn_janitor(Arc::downgrade(&engine), Arc::downgrade(&pools));
         instances::spawn_janitor(Arc::downgrade(&engine));
-        let interval = std::time::Duration::from_secs(engine.config.metering.interval_secs.max(1));
-        metering::spawn_meter(Arc::downgrade(&engine), interval);
+        metering::spawn_meter(Arc::downgrade(&engine), &engine.config.metering);
         Ok(engine)
     }
 

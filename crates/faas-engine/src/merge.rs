@@ -320,6 +320,7 @@ impl Engine {
         if req.instance_ids.is_empty() || req.instance_ids.len() > max {
             return Err(invalid("instance_ids", format!("between 1 and {max} instances")));
         }
+        self.check_snapshot_storage(tenant).await?;
         let mut unique = req.instance_ids.clone();
         unique.sort();
         unique.dedup();

@@ -117,9 +117,9 @@ impl Engine {
         Some(charge)
     }
 
-    /// One round of the meter: running instances and snapshot storage are charged up to
-    /// now, and the gauges set.
-    async fn meter_once(&self) {
+    /// One round of the meter: running instances (and with `storage`, snapshot storage)
+    /// are charged up to now, and the gauges set.
+    async fn meter_once(&self, storage: bool) {
         let lives: Vec<Arc<Live>> = self.instances.lock().values().cloned().collect();
         let charges: Vec<Metered> =
             lives.iter().filter_map(|live| self.instance_charge(live, false)).collect();
@@ -128,7 +128,7 @@ impl Engine {
         {
             tracing::error!(error = %crate::error_chain(&e), "recording instance usage");
         }
-        if let Err(e) = self.store.meter_storage(now_ms()).await {
+        if storage && let Err(e) = self.store.meter_storage(now_ms()).await {
             tracing::error!(error = %crate::error_chain(&e), "recording snapshot storage");
         }
         match self.store.total_stored_bytes().await {
@@ -144,7 +144,9 @@ impl Engine {
             .instances
             .lock()
             .values()
-            .filter(|l| l.record().status == faas_api::InstanceStatus::Running)
+            .map(|l| l.record())
+            .filter(|r| r.status == faas_api::InstanceStatus::Running)
+            .filter(|r| !r.metadata.contains_key(crate::stateful::SCRATCH))
             .count();
         metrics::gauge!("faas_instances_running").set(running as f64);
     }
@@ -221,18 +223,21 @@ impl Engine {
         })
     }
 
-    /// Single charges, oldest first (at most `limit`, 1 to 1000).
+    /// Single charges in the order they were made, after the charge `after` (at most
+    /// `limit`, 1 to 1000).
     pub async fn usage_records(
         &self,
         tenant: &Tenant,
         from_ms: u64,
         to_ms: u64,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<UsageRecordList, EngineError> {
         if !(1..=1000).contains(&limit) {
             return Err(crate::plan::invalid("limit", "must be between 1 and 1000"));
         }
-        let mut records = self.store.usage_records(&tenant.0, from_ms, to_ms, limit + 1).await?;
+        let mut records =
+            self.store.usage_records(&tenant.0, from_ms, to_ms, after, limit + 1).await?;
         let truncated = records.len() > limit;
         records.truncate(limit);
         let records = records
@@ -289,16 +294,24 @@ fn day_name(key: &str) -> String {
         .unwrap_or_else(|| key.to_owned())
 }
 
-/// Charges running instances and snapshot storage every `metering.interval_secs`.
-pub(crate) fn spawn_meter(engine: Weak<Engine>, interval: Duration) {
+/// Charges running instances every `interval_secs` and snapshot storage every
+/// `storage_interval_secs`.
+pub(crate) fn spawn_meter(engine: Weak<Engine>, config: &crate::config::MeteringConfig) {
+    let interval = Duration::from_secs(config.interval_secs.max(1));
+    let storage_interval = Duration::from_secs(config.storage_interval_secs.max(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut storage_at = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let Some(engine) = engine.upgrade() else { return };
-            engine.meter_once().await;
+            let storage = storage_at.elapsed() >= storage_interval;
+            if storage {
+                storage_at = tokio::time::Instant::now();
+            }
+            engine.meter_once(storage).await;
         }
     });
 }

@@ -152,6 +152,7 @@ impl Pools {
         let agent = self.agent()?.clone();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb_{}_{n}", uuid::Uuid::now_v7().simple());
+        metrics::counter!("faas_sandbox_starts_total", "mode" => "cached").increment(1);
         Ok(self.sandboxes.start_agent(id, self.spec(image, agent), key.limits()).await?)
     }
 

@@ -95,15 +95,19 @@ impl Engine {
     ) -> Result<LoadPermit, EngineError> {
         let quotas = self.quotas(&tenant.0).await?;
         self.check_spend(tenant, &quotas).await?;
-        let taken = Held { sandboxes, memory_mb: memory_mb * sandboxes };
-        let (instances, instance_memory) = self.instance_load(&tenant.0);
+        let taken = Held { sandboxes, memory_mb: memory_mb.saturating_mul(sandboxes) };
+        // Instances and executions counted and taken under the registry's lock, which
+        // instance creation holds too: concurrent calls cannot both pass.
+        let instances = self.instances.lock();
+        let (running, running_memory) = instance_load(&instances, &tenant.0);
         let mut held = self.load.held.lock().unwrap_or_else(|e| e.into_inner());
         let now = held.get(&tenant.0).copied().unwrap_or_default();
         check_load(
             &quotas,
-            now.sandboxes + instances + taken.sandboxes,
-            now.memory_mb + instance_memory + taken.memory_mb,
+            (now.sandboxes + running, now.memory_mb + running_memory),
+            (taken.sandboxes, taken.memory_mb),
         )?;
+        drop(instances);
         let entry = held.entry(tenant.0.clone()).or_default();
         entry.sandboxes += taken.sandboxes;
         entry.memory_mb += taken.memory_mb;
@@ -121,46 +125,51 @@ impl Engine {
     ) -> Result<Quotas, EngineError> {
         let quotas = self.quotas(&tenant.0).await?;
         self.check_spend(tenant, &quotas).await?;
+        let instances = self.instances.lock();
+        self.instance_fits(&instances, &tenant.0, &quotas, memory_mb, adding)?;
+        Ok(quotas)
+    }
+
+    /// Whether `adding` new instances (or one that exists, with 0) of `memory_mb` fit the
+    /// tenant's quotas, counted under the registry's lock (`instances`).
+    pub(crate) fn instance_fits(
+        &self,
+        instances: &HashMap<String, Arc<crate::instances::Live>>,
+        tenant: &str,
+        quotas: &Quotas,
+        memory_mb: u64,
+        adding: u64,
+    ) -> Result<(), EngineError> {
         if adding > 0 {
-            instance_count_allowed(&quotas, self.instances.held_by(&tenant.0) as u64, adding)?;
+            let held = instances
+                .values()
+                .filter(|l| l.tenant == tenant)
+                .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
+                .count();
+            instance_count_allowed(quotas, held as u64, adding)?;
         }
-        let (instances, instance_memory) = self.instance_load(&tenant.0);
+        let (running, running_memory) = instance_load(instances, tenant);
         let executions = self
             .load
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&tenant.0)
+            .get(tenant)
             .copied()
             .unwrap_or_default();
         let starting = adding.max(1);
         check_load(
-            &quotas,
-            executions.sandboxes + instances + starting,
-            executions.memory_mb + instance_memory + memory_mb * starting,
-        )?;
-        Ok(quotas)
+            quotas,
+            (executions.sandboxes + running, executions.memory_mb + running_memory),
+            (starting, memory_mb.saturating_mul(starting)),
+        )
     }
 
-    /// Running (or starting) instances of a tenant that are not an execution's own, and
-    /// their memory limits added up.
-    fn instance_load(&self, tenant: &str) -> (u64, u64) {
-        self.instances
-            .lock()
-            .values()
-            .filter(|l| l.tenant == tenant)
-            .map(|l| l.record())
-            .filter(|r| !r.metadata.contains_key(crate::stateful::SCRATCH))
-            .filter(|r| {
-                matches!(
-                    r.status,
-                    InstanceStatus::Creating | InstanceStatus::Running | InstanceStatus::Stopping
-                )
-            })
-            .fold((0, 0), |(n, mb), r| (n + 1, mb + r.limits.memory_mb))
-    }
-
-    async fn check_spend(&self, tenant: &Tenant, quotas: &Quotas) -> Result<(), EngineError> {
+    pub(crate) async fn check_spend(
+        &self,
+        tenant: &Tenant,
+        quotas: &Quotas,
+    ) -> Result<(), EngineError> {
         let cap = quotas.monthly_spend_cap_micros.unwrap_or(0);
         if cap == 0 {
             return Ok(());
@@ -186,7 +195,7 @@ impl Engine {
             return Ok(());
         }
         let stored = self.store.stored_bytes(&tenant.0).await?;
-        if stored >= max_mb << 20 {
+        if stored >= max_mb.saturating_mul(1 << 20) {
             return Err(exceeded(
                 "max_snapshot_storage_mb",
                 false,
@@ -210,7 +219,7 @@ impl Engine {
             .get(&tenant.0)
             .cloned()
             .unwrap_or_default();
-        let (instances, instance_memory) = self.instance_load(&tenant.0);
+        let (instances, instance_memory) = instance_load(&self.instances.lock(), &tenant.0);
         let executions = self
             .load
             .held
@@ -270,23 +279,48 @@ pub(crate) fn instance_count_allowed(
     Ok(())
 }
 
-/// Sandboxes and memory a tenant would hold against its quotas.
-fn check_load(quotas: &Quotas, sandboxes: u64, memory_mb: u64) -> Result<(), EngineError> {
+/// Running (or starting) instances of a tenant that are not an execution's own, and
+/// their memory limits added up.
+fn instance_load(
+    instances: &HashMap<String, Arc<crate::instances::Live>>,
+    tenant: &str,
+) -> (u64, u64) {
+    instances
+        .values()
+        .filter(|l| l.tenant == tenant)
+        .map(|l| l.record())
+        .filter(|r| !r.metadata.contains_key(crate::stateful::SCRATCH))
+        .filter(|r| {
+            matches!(
+                r.status,
+                InstanceStatus::Creating | InstanceStatus::Running | InstanceStatus::Stopping
+            )
+        })
+        .fold((0, 0), |(n, mb), r| (n + 1, mb + r.limits.memory_mb))
+}
+
+/// Whether `asked` (sandboxes, MiB) fits beside `used`: 429 when it will once others end,
+/// 403 when it never can.
+fn check_load(quotas: &Quotas, used: (u64, u64), asked: (u64, u64)) -> Result<(), EngineError> {
     let max = quotas.max_concurrent_sandboxes.unwrap_or(0);
-    if max > 0 && sandboxes > max {
+    if max > 0 && used.0 + asked.0 > max {
         return Err(exceeded(
             "max_concurrent_sandboxes",
-            true,
-            format!("quota max_concurrent_sandboxes: a tenant may run {max} sandboxes at once"),
+            asked.0 <= max,
+            format!(
+                "quota max_concurrent_sandboxes: a tenant may run {max} sandboxes at once ({} running, {} asked for)",
+                used.0, asked.0
+            ),
         ));
     }
     let max = quotas.max_memory_mb.unwrap_or(0);
-    if max > 0 && memory_mb > max {
+    if max > 0 && used.1.saturating_add(asked.1) > max {
         return Err(exceeded(
             "max_memory_mb",
-            true,
+            asked.1 <= max,
             format!(
-                "quota max_memory_mb: the tenant's running sandboxes would hold {memory_mb} MiB of memory, the most allowed is {max} MiB"
+                "quota max_memory_mb: the tenant's running sandboxes may hold {max} MiB of memory ({} MiB held, {} MiB asked for)",
+                used.1, asked.1
             ),
         ));
     }

@@ -460,6 +460,8 @@ impl Engine {
             pids: record.limits.pids + 1,
         };
         let sandbox_id = crate::instances::sandbox_id(&record.id);
+        let mode = crate::instances::start_mode(&record);
+        metrics::counter!("faas_sandbox_starts_total", "mode" => mode).increment(1);
         let work_dir = self.config.run_dir.join("restores").join(&sandbox_id);
         let restored = self
             .sandboxes
@@ -502,6 +504,8 @@ impl Engine {
                 snapshot.id
             }
             (None, Some(instance_id)) => {
+                let memory_mb = self.live(tenant, &instance_id)?.record().limits.memory_mb;
+                self.admit_instance(tenant, memory_mb, u64::from(req.count)).await?;
                 let req = CreateSnapshotRequest {
                     instance_id,
                     name: Some("branch point".into()),

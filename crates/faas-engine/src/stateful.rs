@@ -45,7 +45,10 @@ impl Engine {
             None => self.sandbox_limits(req.memory_mb, req.cpu, req.pids)?.memory_mb,
         };
         let _load = self.admit_tenant(tenant, u64::from(count), memory_mb).await?;
-        metrics::counter!("faas_sandbox_starts_total", "mode" => req.mode.as_str())
+        if req.checkpoint_after {
+            self.check_snapshot_storage(tenant).await?;
+        }
+        metrics::counter!("faas_executions_total", "mode" => req.mode.as_str())
             .increment(u64::from(count));
         let _permits =
             self.admission.clone().try_acquire_many_owned(count).map_err(|_| {

@@ -188,7 +188,7 @@ impl Pricing {
     /// A meter's charge: `carry` pico-units left from its last period plus this one's
     /// price, as whole micro-units (rounded up when `last`) and the new carry.
     pub fn settle(&self, m: &Metered, carry: u64, last: bool) -> (u64, u64) {
-        let pico = self.list_pico(m) + carry as u128;
+        let pico = self.list_pico(m).saturating_add(carry as u128);
         let micros = if last { pico.div_ceil(PICO_PER_MICRO) } else { pico / PICO_PER_MICRO };
         let carry = if last { 0 } else { (pico % PICO_PER_MICRO) as u64 };
         (u64::try_from(micros).unwrap_or(u64::MAX), carry)
@@ -196,15 +196,22 @@ impl Pricing {
 
     /// The price of `m` before discounts, in pico-units.
     pub fn list_pico(&self, m: &Metered) -> u128 {
-        let compute = m.cpu_us as u128 * self.vcpu_second_micros as u128
-            + m.memory_kib_ms as u128 * self.memory_gb_second_micros as u128 * 1000 / KIB_PER_GIB
-            + m.gpu_ms as u128 * self.gpu_hour_micros as u128 * 10 / 36;
-        let storage =
-            m.storage_kib_ms as u128 * self.storage_gb_month_micros as u128 * PICO_PER_MICRO
-                / (KIB_PER_GIB * MONTH_MS);
-        let egress =
-            m.egress_bytes as u128 * self.egress_gb_micros as u128 * PICO_PER_MICRO / BYTES_PER_GIB;
-        compute * self.mode_percent.of(&m.mode) as u128 / 100 + storage + egress
+        // Saturating: absurd prices or quantities cap the charge instead of wrapping it.
+        let mul = |a: u64, b: u64| (a as u128).saturating_mul(b as u128);
+        let compute = mul(m.cpu_us, self.vcpu_second_micros)
+            .saturating_add(
+                mul(m.memory_kib_ms, self.memory_gb_second_micros).saturating_mul(1000)
+                    / KIB_PER_GIB,
+            )
+            .saturating_add(mul(m.gpu_ms, self.gpu_hour_micros).saturating_mul(10) / 36);
+        let storage = mul(m.storage_kib_ms, self.storage_gb_month_micros)
+            .saturating_mul(PICO_PER_MICRO)
+            / (KIB_PER_GIB * MONTH_MS);
+        let egress = mul(m.egress_bytes, self.egress_gb_micros).saturating_mul(PICO_PER_MICRO)
+            / BYTES_PER_GIB;
+        (compute.saturating_mul(self.mode_percent.of(&m.mode) as u128) / 100)
+            .saturating_add(storage)
+            .saturating_add(egress)
     }
 
     /// What a record listed at `list` costs when the month's list spend before it was

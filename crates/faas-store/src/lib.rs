@@ -204,12 +204,15 @@ pub trait Store: Send + Sync + 'static {
     /// Charges every tenant's snapshot storage up to `now_ms` (storage is also charged at
     /// every change of it, in the transaction of the change).
     async fn meter_storage(&self, now_ms: u64) -> Result<()>;
-    /// A tenant's charges that ended in `[from_ms, to_ms)`, oldest first, at most `limit`.
+    /// A tenant's charges that ended in `[from_ms, to_ms)`, in the order they were made,
+    /// after the charge `after` (a cursor: the last id of the previous page), at most
+    /// `limit`.
     async fn usage_records(
         &self,
         tenant: &str,
         from_ms: u64,
         to_ms: u64,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageRecord>>;
     /// A tenant's charges that ended in `[from_ms, to_ms)`, added up by group (key, totals).

@@ -208,7 +208,9 @@ fn insert_charge(tx: &Connection, pricing: &Pricing, m: &Metered) -> rusqlite::R
         .query_row(params![m.tenant, month], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
-    let list = m.settled_list_micros.unwrap_or_else(|| pricing.list_micros(m));
+    // Clamped so that the month's sums stay within SQLite's integers.
+    const MAX_CHARGE: u64 = 1 << 53;
+    let list = m.settled_list_micros.unwrap_or_else(|| pricing.list_micros(m)).min(MAX_CHARGE);
     let cost = pricing.cost_micros(before as u64, list);
     let inserted = tx
         .prepare_cached(
@@ -294,6 +296,11 @@ fn advance_storage(
     )?
     .execute(params![tenant, held, now as i64, carry as i64])?;
     Ok(())
+}
+
+/// A moment as SQLite's signed integer (later than it can hold: the latest it can).
+fn ms(at: u64) -> i64 {
+    at.min(i64::MAX as u64) as i64
 }
 
 fn usage_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageRecord> {
@@ -677,19 +684,21 @@ impl Store for SqliteStore {
         tenant: &str,
         from_ms: u64,
         to_ms: u64,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageRecord>> {
-        let tenant = tenant.to_owned();
+        let (tenant, after) = (tenant.to_owned(), after.map(str::to_owned));
         self.with(move |c| {
             Ok(c.prepare_cached(
                 "SELECT id, tenant, kind, resource, mode, image, start_ms, end_ms, cpu_us, wall_us,
                  memory_peak_bytes, memory_avg_bytes, memory_kib_ms, storage_kib_ms, egress_bytes,
                  gpu_ms, list_micros, cost_micros FROM usage
-                 WHERE tenant = ?1 AND end_ms >= ?2 AND end_ms < ?3
-                 ORDER BY end_ms, rowid LIMIT ?4",
+                 WHERE tenant = ?1 AND end_ms >= ?2 AND end_ms < ?3 AND rowid >
+                 COALESCE((SELECT rowid FROM usage WHERE id = ?5 AND tenant = ?1), 0)
+                 ORDER BY rowid LIMIT ?4",
             )?
             .query_map(
-                params![tenant, from_ms as i64, to_ms.min(i64::MAX as u64) as i64, limit as i64],
+                params![tenant, ms(from_ms), ms(to_ms), limit as i64, after],
                 usage_from_row,
             )?
             .collect::<rusqlite::Result<_>>()?)
@@ -720,27 +729,24 @@ impl Store for SqliteStore {
             );
             let rows = c
                 .prepare_cached(&sql)?
-                .query_map(
-                    params![tenant, from_ms as i64, to_ms.min(i64::MAX as u64) as i64],
-                    |r| {
-                        let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            UsageTotals {
-                                records: n(1)?,
-                                cpu_us: n(2)?,
-                                wall_us: n(3)?,
-                                memory_kib_ms: n(4)?,
-                                memory_peak_bytes: n(5)?,
-                                storage_kib_ms: n(6)?,
-                                egress_bytes: n(7)?,
-                                gpu_ms: n(8)?,
-                                list_micros: n(9)?,
-                                cost_micros: n(10)?,
-                            },
-                        ))
-                    },
-                )?
+                .query_map(params![tenant, ms(from_ms), ms(to_ms)], |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        UsageTotals {
+                            records: n(1)?,
+                            cpu_us: n(2)?,
+                            wall_us: n(3)?,
+                            memory_kib_ms: n(4)?,
+                            memory_peak_bytes: n(5)?,
+                            storage_kib_ms: n(6)?,
+                            egress_bytes: n(7)?,
+                            gpu_ms: n(8)?,
+                            list_micros: n(9)?,
+                            cost_micros: n(10)?,
+                        },
+                    ))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(rows)
         })
@@ -1212,10 +1218,13 @@ mod tests {
         let (list, cost) = store.month_spend("a", 202611).await.expect("spend");
         assert_eq!(list, 120_000_000);
         assert_eq!(cost, 60_000_000 + 40_000_000 + 18_000_000);
-        let records = store.usage_records("a", 0, u64::MAX, 10).await.expect("records");
+        let records = store.usage_records("a", 0, u64::MAX, None, 10).await.expect("records");
         assert_eq!(records.len(), 2);
+        let page = store.usage_records("a", 0, u64::MAX, Some("u1"), 10).await.expect("page");
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].metered.id, "u2");
         assert_eq!(records[1].cost_micros, 58_000_000);
-        assert!(store.usage_records("b", 0, u64::MAX, 10).await.expect("records").is_empty());
+        assert!(store.usage_records("b", 0, u64::MAX, None, 10).await.expect("records").is_empty());
         let by_mode =
             store.usage_summary("a", 0, u64::MAX, UsageGroup::Mode).await.expect("summary");
         assert_eq!(by_mode.len(), 1);

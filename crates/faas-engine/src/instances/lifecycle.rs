@@ -20,6 +20,16 @@ const MAX_METADATA: usize = 64;
 static STARTS: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh name for an instance's next sandbox (and its cgroup).
+/// The mode an instance's sandbox starts for: an execution's (its scratch instances), or
+/// persistent.
+pub(crate) fn start_mode(record: &Instance) -> &'static str {
+    match record.metadata.get(crate::stateful::SCRATCH).map(String::as_str) {
+        Some("checkpointed") => "checkpointed",
+        Some("branched") => "branched",
+        _ => "persistent",
+    }
+}
+
 pub(crate) fn sandbox_id(instance_id: &str) -> String {
     format!("{instance_id}_{}", STARTS.fetch_add(1, Ordering::Relaxed))
 }
@@ -71,12 +81,7 @@ impl Engine {
             // Counted and taken under one lock: concurrent creations cannot both pass.
             let mut instances = self.instances.lock();
             if let Some(quotas) = &quotas {
-                let held = instances
-                    .values()
-                    .filter(|l| l.tenant == tenant.0)
-                    .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
-                    .count();
-                crate::quotas::instance_count_allowed(quotas, held as u64, 1)?;
+                self.instance_fits(&instances, &tenant.0, quotas, record.limits.memory_mb, 1)?;
             }
             instances.insert(id.clone(), Arc::clone(&live));
         }
@@ -203,9 +208,7 @@ impl Engine {
     pub(crate) async fn boot(&self, live: &Live) -> Result<Instance, EngineError> {
         live.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let record = live.record();
-        if !record.metadata.contains_key(crate::stateful::SCRATCH) {
-            metrics::counter!("faas_sandbox_starts_total", "mode" => "persistent").increment(1);
-        }
+        metrics::counter!("faas_sandbox_starts_total", "mode" => start_mode(&record)).increment(1);
         let started = self.start_sandbox(&record).await;
         self.booted(live, started).await
     }

@@ -27,7 +27,7 @@ use crate::{Engine, EngineError, Tenant};
 use crate::metering::InstanceMeter;
 pub use exec::InstanceExecAnswer;
 pub use files::FileRead;
-pub(crate) use lifecycle::{sandbox_id, validate_metadata};
+pub(crate) use lifecycle::{sandbox_id, start_mode, validate_metadata};
 pub use processes::Following;
 pub use session::{InstanceSession, SessionSpec};
 
@@ -131,11 +131,11 @@ impl Engine {
         to: InstanceStatus,
         error: Option<String>,
     ) -> Result<Instance, EngineError> {
-        let charge = match live.record().status {
-            InstanceStatus::Running if to != InstanceStatus::Running => {
-                self.instance_charge(live, true)
-            }
-            _ => None,
+        let from = live.record().status;
+        // Only a move that will happen ends the meter (a refused one leaves it running).
+        let charge = match from == InstanceStatus::Running && allowed(from, to) {
+            true => self.instance_charge(live, true),
+            false => None,
         };
         self.transition_charged(live, to, error, charge).await
     }
@@ -258,8 +258,17 @@ impl Engine {
     /// Kills every instance's sandbox (shutdown); records say running and become failed
     /// (files kept) at the next start.
     pub(crate) async fn stop_all_instances(&self) {
-        let sandboxes: Vec<Arc<AgentSandbox>> =
-            self.instances.lock().values().filter_map(|l| l.sandbox()).collect();
+        let lives: Vec<Arc<Live>> = self.instances.lock().values().cloned().collect();
+        // Their last periods are charged before their cgroups go (the processes are
+        // killed already; the counters stay until the cgroup is removed).
+        let charges: Vec<_> =
+            lives.iter().filter_map(|live| self.instance_charge(live, true)).collect();
+        if !charges.is_empty()
+            && let Err(e) = self.store.record_usage(charges).await
+        {
+            tracing::error!(error = %crate::error_chain(&e), "charging instances at shutdown");
+        }
+        let sandboxes: Vec<Arc<AgentSandbox>> = lives.iter().filter_map(|l| l.sandbox()).collect();
         for sandbox in sandboxes {
             let _ = sandbox.destroy().await;
         }

@@ -23,6 +23,8 @@ pub struct UsageQuery {
     tenant: Option<String>,
     /// Records only: how many (default 100, at most 1000).
     limit: Option<usize>,
+    /// Records only: the id of the last record of the previous page.
+    after: Option<String>,
 }
 
 /// A moment as the query gives it, in milliseconds since the epoch.
@@ -79,7 +81,8 @@ pub async fn records(
     let tenant = caller.tenant_or(query.tenant.clone())?;
     let (from, to) = range(&query)?;
     let limit = query.limit.unwrap_or(100);
-    Ok(Json(state.engine.usage_records(&tenant, from, to, limit).await?))
+    let after = query.after.as_deref();
+    Ok(Json(state.engine.usage_records(&tenant, from, to, after, limit).await?))
 }
 
 #[derive(Debug, Deserialize)]
