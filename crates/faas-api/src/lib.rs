@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// What to run: a string for `/bin/sh -c`, or an argv array run as is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Command {
     Shell(String),
@@ -14,7 +14,7 @@ pub enum Command {
 }
 
 /// How a call is served. Only `ephemeral` exists so far; the others answer 501.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -39,7 +39,7 @@ impl Mode {
 
 /// `POST /api/v1/execute`. Exactly one of `command` or `code` (+ `language`).
 /// Limits left out take the server's defaults; limits above the server's maximums are refused.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +96,7 @@ pub struct ExecuteRequest {
 
 /// How a run ended. `running` and `lost` only appear on stored records: `lost` means the
 /// server stopped while the run was in flight, so no result exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecStatus {
     Exited,
@@ -121,14 +121,14 @@ impl ExecStatus {
 }
 
 /// Resources a run used, read from its cgroup after it ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub cpu_ms: f64,
     pub peak_memory_bytes: u64,
 }
 
 /// The limits a run was given, after defaults were applied.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppliedLimits {
     pub timeout_ms: u64,
     pub memory_mb: u64,
@@ -138,7 +138,7 @@ pub struct AppliedLimits {
 }
 
 /// The result of one run, and the stored record of it (`GET /api/v1/executions/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionResult {
     pub id: String,
     pub status: ExecStatus,
@@ -163,23 +163,24 @@ pub struct ExecutionResult {
     pub snapshot_id: Option<String>,
     /// Branched mode: every branch's result, in order (the fields above are the first's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub branches: Vec<ExecutionResult>,
 }
 
 /// Every error the API returns: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
 
 /// `POST /api/v1/keys` (admin only).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub tenant: String,
@@ -193,7 +194,7 @@ pub struct CreateKeyRequest {
     pub rate_tier: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
@@ -211,7 +212,7 @@ impl Role {
 }
 
 /// A key as listed: never the secret itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub tenant: String,
@@ -226,7 +227,7 @@ pub struct KeyInfo {
 /// A tenant's quotas. As a request (`PUT /api/v1/tenants/{tenant}/quotas`, admin), a field
 /// left out or null takes the server's default (`[quotas]`); as an answer, every field is
 /// the limit in force. 0 means no limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     /// Sandboxes running at once: executions in progress and running instances (429).
@@ -248,7 +249,7 @@ pub struct Quotas {
 
 /// `GET /api/v1/quotas` and the tenants' quota routes: the limits in force, the admin's
 /// overrides, and what the tenant uses of each now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuotaStatus {
     pub tenant: String,
     pub quotas: Quotas,
@@ -256,7 +257,7 @@ pub struct QuotaStatus {
     pub in_use: QuotaUse,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuotaUse {
     pub concurrent_sandboxes: u64,
     pub instances: u64,
@@ -267,7 +268,7 @@ pub struct QuotaUse {
 
 /// What a group of usage records adds up to. Quantities are measured (CPU time and memory
 /// from cgroups); money is integer micro-units.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageSummary {
     pub records: u64,
     pub cpu_seconds: f64,
@@ -286,7 +287,7 @@ pub struct UsageSummary {
 }
 
 /// `GET /api/v1/usage?from=&to=&group_by=`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub tenant: String,
     /// Milliseconds since the Unix epoch; records that ended in `[from_ms, to_ms)`.
@@ -297,7 +298,7 @@ pub struct UsageReport {
     pub total: UsageSummary,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageGroup {
     /// The day (`2026-11-23`), mode or image.
     pub key: String,
@@ -306,7 +307,7 @@ pub struct UsageGroup {
 }
 
 /// `GET /api/v1/usage/current`: the calendar month so far.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CurrentUsage {
     pub tenant: String,
     /// `2026-11`.
@@ -321,7 +322,7 @@ pub struct CurrentUsage {
     pub spend_cap_micros: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiscountTierInfo {
     pub from_micros: u64,
     pub percent: u64,
@@ -329,7 +330,7 @@ pub struct DiscountTierInfo {
 
 /// `GET /api/v1/usage/records`: single charges in the order they were made (the order
 /// volume discounts were applied in).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecordList {
     pub records: Vec<UsageRecordInfo>,
     /// More records match than were returned: ask again with `after` = the last one's id.
@@ -338,7 +339,7 @@ pub struct UsageRecordList {
 
 /// One charge: an execution, a period of an instance's life, or a period of snapshot
 /// storage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecordInfo {
     pub id: String,
     /// `execution`, `instance` or `storage`.
@@ -361,20 +362,20 @@ pub struct UsageRecordInfo {
 }
 
 /// The answer to `POST /api/v1/keys`: the only time the secret is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     pub key: String,
     #[serde(flatten)]
     pub info: KeyInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyInfo>,
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -385,7 +386,7 @@ pub struct Health {
 }
 
 /// `POST /api/v1/prewarm`: fill the caller's pool for an image and limits.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrewarmRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,7 +401,7 @@ pub struct PrewarmRequest {
 }
 
 /// One warm pool, as `GET /api/v1/pools` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolInfo {
     pub tenant: String,
     pub image: String,
@@ -418,13 +419,13 @@ pub struct PoolInfo {
     pub refill_ms_mean: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolList {
     pub pools: Vec<PoolInfo>,
 }
 
 /// `POST /api/v1/contexts`: a language interpreter that keeps its globals between calls.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContextRequest {
     pub language: String,
@@ -440,7 +441,7 @@ pub struct CreateContextRequest {
     pub pids: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContextInfo {
     pub id: String,
     pub language: String,
@@ -449,14 +450,14 @@ pub struct ContextInfo {
     pub runs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContextList {
     pub contexts: Vec<ContextInfo>,
 }
 
 /// What a stream (WebSocket or Server-Sent Events) carries from the server: output as it
 /// is produced, then the result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StreamEvent {
     Stdout { data: String },
@@ -466,7 +467,7 @@ pub enum StreamEvent {
 }
 
 /// What a WebSocket client sends after its first message (the execute request).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StreamInput {
     Stdin { data: String },
@@ -475,7 +476,7 @@ pub enum StreamInput {
 
 /// Lifecycle of a persistent instance. Allowed moves: creating -> running | failed;
 /// running -> stopping -> stopped; stopped | failed -> running (start); any -> deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
     Creating,
@@ -500,7 +501,7 @@ impl InstanceStatus {
 }
 
 /// What happens when an instance's TTL or idle timeout fires.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeoutAction {
     #[default]
@@ -509,7 +510,7 @@ pub enum TimeoutAction {
 }
 
 /// `POST /api/v1/instances`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstanceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -540,7 +541,7 @@ pub struct CreateInstanceRequest {
 }
 
 /// The limits an instance runs under.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceLimits {
     pub memory_mb: u64,
     pub cpu: f64,
@@ -548,7 +549,7 @@ pub struct InstanceLimits {
     pub disk_mb: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
     pub status: InstanceStatus,
@@ -571,14 +572,14 @@ pub struct Instance {
     pub snapshot_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceList {
     pub instances: Vec<Instance>,
 }
 
 /// `POST /api/v1/instances/{id}/exec`: like an execute request (no mode, image or limits:
 /// the instance has them), plus `background`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceExecRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -605,7 +606,7 @@ pub struct InstanceExecRequest {
 
 /// `POST /api/v1/instances/{id}/contexts`: an interpreter inside the instance that keeps
 /// its globals between runs, and in snapshots, restores and branches of the instance.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceContextRequest {
     pub language: String,
@@ -614,7 +615,7 @@ pub struct InstanceContextRequest {
 }
 
 /// One entry of `GET /api/v1/instances/{id}/files/list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileEntry {
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
@@ -624,14 +625,14 @@ pub struct FileEntry {
     pub modified_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     pub path: String,
     pub entries: Vec<FileEntry>,
 }
 
 /// `GET /api/v1/instances/{id}/ssh`: how to log in, with a key pair issued just now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SshAccess {
     pub host: String,
     pub port: u16,
@@ -651,13 +652,13 @@ pub struct SshAccess {
 }
 
 /// `POST /api/v1/instances/{id}/public-ports`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExposePortRequest {
     pub port: u16,
 }
 
 /// A port reachable without an API key, at `url` (the token is part of it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicPort {
     pub port: u16,
     /// Given only when the port is exposed; the server keeps only its hash.
@@ -669,7 +670,7 @@ pub struct PublicPort {
 }
 
 /// A background process of an instance (`exec` with `background: true`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessInfo {
     pub id: String,
     pub argv: Vec<String>,
@@ -679,13 +680,13 @@ pub struct ProcessInfo {
     pub result: Option<ExecutionResult>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessList {
     pub processes: Vec<ProcessInfo>,
 }
 
 /// `POST /api/v1/instances/{id}/processes/{pid}/kill`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KillRequest {
     /// A signal name (`SIGTERM`) or number; SIGKILL when left out.
@@ -695,7 +696,7 @@ pub struct KillRequest {
 
 /// `POST /api/v1/snapshots`: capture a running instance's processes and files (or a
 /// stopped instance's files).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshotRequest {
     pub instance_id: String,
@@ -709,7 +710,7 @@ pub struct CreateSnapshotRequest {
 }
 
 /// What a snapshot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     /// Processes (memory, open files, sockets) and files: a restore continues where the
@@ -719,7 +720,7 @@ pub enum SnapshotKind {
     Filesystem,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub id: String,
     pub name: Option<String>,
@@ -752,7 +753,7 @@ pub struct Snapshot {
 /// `POST /api/v1/branches/merge`: a new (filesystem) snapshot with the base snapshot's
 /// files and the instances' changes to them; conflicting changes are refused (409, the
 /// paths named) and nothing is written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MergeRequest {
     pub base_snapshot_id: String,
@@ -763,7 +764,7 @@ pub struct MergeRequest {
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     Added,
@@ -773,14 +774,14 @@ pub enum ChangeKind {
 
 /// One path a merge took from an instance (paths of the writable layer: an overlay
 /// whiteout is how a removal of an image file looks there).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MergedChange {
     pub path: String,
     pub instance_id: String,
     pub change: ChangeKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MergeResult {
     pub snapshot: Snapshot,
     pub changes: Vec<MergedChange>,
@@ -788,26 +789,27 @@ pub struct MergeResult {
 
 /// `GET /api/v1/snapshots/{id}/tree`: a snapshot, the instances restored (or branched)
 /// from it, and the snapshots taken of those, recursively.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotTree {
     pub snapshot: Snapshot,
     pub instances: Vec<TreeInstance>,
+    #[schema(no_recursion)]
     pub children: Vec<SnapshotTree>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreeInstance {
     pub id: String,
     pub status: InstanceStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotList {
     pub snapshots: Vec<Snapshot>,
 }
 
 /// `POST /api/v1/snapshots/{id}/restore` (the body is optional).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSnapshotRequest {
     /// The new instance's metadata (default: the snapshot's instance's).
@@ -817,7 +819,7 @@ pub struct RestoreSnapshotRequest {
 
 /// `POST /api/v1/branches`: `count` new instances from one state: a snapshot, or a
 /// running instance (snapshotted first).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BranchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -832,7 +834,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BranchResponse {
     pub snapshot_id: String,
     pub instances: Vec<Instance>,

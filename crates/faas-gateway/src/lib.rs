@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod json;
 mod limits;
+mod openapi;
 mod routes;
 
 use std::sync::Arc;
@@ -123,6 +124,7 @@ async fn start_ssh(
 
 fn router(state: AppState, body_limit: usize) -> Router {
     routes::routes()
+        .0
         // Route layers run once a route matched: the metrics know its pattern.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
         .route_layer(axum::middleware::from_fn(limits::http_metrics))

@@ -38,6 +38,14 @@ fn request_host(headers: &HeaderMap) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/ssh",
+    operation_id = "issue_ssh",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "A fresh key pair and how to connect", body = faas_api::SshAccess))
+)]
 pub async fn issue_ssh(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,6 +83,14 @@ pub async fn issue_ssh(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}/ssh",
+    operation_id = "revoke_ssh",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "How many keys were revoked: an object with revoked, a count", body = Object))
+)]
 pub async fn revoke_ssh(
     State(state): State<AppState>,
     caller: Caller,
@@ -85,6 +101,14 @@ pub async fn revoke_ssh(
     Ok(Json(json!({ "revoked": n })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}/ssh/keys/{key_id}",
+    operation_id = "revoke_ssh_key",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id"), ("key_id" = String, Path, description = "SSH key id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub async fn revoke_ssh_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,6 +118,15 @@ pub async fn revoke_ssh_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/public-ports",
+    operation_id = "expose_port",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = faas_api::ExposePortRequest,
+    responses((status = 201, description = "The public URL (its token shown once)", body = faas_api::PublicPort))
+)]
 pub async fn expose_port(
     State(state): State<AppState>,
     caller: Caller,
@@ -127,6 +160,14 @@ pub async fn expose_port(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/public-ports",
+    operation_id = "list_public_ports",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "The exposed ports: an object with ports, a list of PublicPort", body = Object))
+)]
 pub async fn public_ports(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,6 +186,14 @@ pub async fn public_ports(
     Ok(Json(json!({ "ports": ports })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}/public-ports/{port}",
+    operation_id = "close_public_port",
+    tag = "access",
+    params(("id" = String, Path, description = "Instance id"), ("port" = u16, Path, description = "Port")),
+    responses((status = 204, description = "Closed"))
+)]
 pub async fn close_port(
     State(state): State<AppState>,
     caller: Caller,

@@ -23,6 +23,14 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::{ApiJson, ApiQuery};
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances",
+    operation_id = "create_instance",
+    tag = "instances",
+    request_body = faas_api::CreateInstanceRequest,
+    responses((status = 201, description = "The running instance", body = faas_api::Instance))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -32,6 +40,14 @@ pub async fn create(
 }
 
 /// `?status=running&metadata.owner=alice`: every parameter must be one of these.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances",
+    operation_id = "list_instances",
+    tag = "instances",
+    params(("status" = Option<faas_api::InstanceStatus>, Query, description = "Only instances in this state")),
+    responses((status = 200, description = "The caller's instances; also filtered by metadata with metadata.KEY=VALUE", body = faas_api::InstanceList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -60,6 +76,14 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}",
+    operation_id = "get_instance",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "The instance", body = faas_api::Instance))
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,6 +92,14 @@ pub async fn get(
     Ok(Json(state.engine.instance(&caller.tenant, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}",
+    operation_id = "delete_instance",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 204, description = "Deleted with its files"))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +109,14 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/stop",
+    operation_id = "stop_instance",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Stopped; its files are kept", body = faas_api::Instance))
+)]
 pub async fn stop(
     State(state): State<AppState>,
     caller: Caller,
@@ -85,6 +125,14 @@ pub async fn stop(
     Ok(Json(state.engine.stop_instance(&caller.tenant, &id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/start",
+    operation_id = "start_instance",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Running again", body = faas_api::Instance))
+)]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,6 +142,15 @@ pub async fn start(
 }
 
 /// 200 with the result, or 202 with the process when `background` is set.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/exec",
+    operation_id = "instance_exec",
+    tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = faas_api::InstanceExecRequest,
+    responses((status = 200, description = "The run ended", body = faas_api::ExecutionResult), (status = 202, description = "Started in the background (background: true)", body = faas_api::ProcessInfo))
+)]
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,6 +165,14 @@ pub async fn exec(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/processes",
+    operation_id = "list_processes",
+    tag = "processes",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Background processes", body = faas_api::ProcessList))
+)]
 pub async fn processes(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +181,14 @@ pub async fn processes(
     Ok(Json(ProcessList { processes: state.engine.list_processes(&caller.tenant, &id)? }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/processes/{pid}",
+    operation_id = "get_process",
+    tag = "processes",
+    params(("id" = String, Path, description = "Instance id"), ("pid" = String, Path, description = "Process id")),
+    responses((status = 200, description = "The process", body = faas_api::ProcessInfo))
+)]
 pub async fn process(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,13 +197,22 @@ pub async fn process(
     Ok(Json(state.engine.process_info(&caller.tenant, &id, &pid)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     timeout_ms: Option<u64>,
 }
 
 /// Waits up to `timeout_ms` (default 30 s, at most 300 s) for the process to end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/processes/{pid}/wait",
+    operation_id = "wait_process",
+    tag = "processes",
+    params(("id" = String, Path, description = "Instance id"), ("pid" = String, Path, description = "Process id"), WaitQuery),
+    responses((status = 200, description = "The process, ended or still running at the timeout", body = faas_api::ProcessInfo))
+)]
 pub async fn wait_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,6 +223,15 @@ pub async fn wait_process(
     Ok(Json(state.engine.wait_process(&caller.tenant, &id, &pid, timeout).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/processes/{pid}/kill",
+    operation_id = "kill_process",
+    tag = "processes",
+    params(("id" = String, Path, description = "Instance id"), ("pid" = String, Path, description = "Process id")),
+    request_body = faas_api::KillRequest,
+    responses((status = 200, description = "The process, signalled", body = faas_api::ProcessInfo))
+)]
 pub async fn kill_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,6 +243,14 @@ pub async fn kill_process(
 
 /// Server-Sent Events of a background process: what it printed so far, what it prints
 /// next, then `exit` with its result.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/processes/{pid}/stream",
+    operation_id = "stream_process",
+    tag = "processes",
+    params(("id" = String, Path, description = "Instance id"), ("pid" = String, Path, description = "Process id")),
+    responses((status = 200, description = "Server-Sent Events of the process output, then its end", content_type = "text/event-stream"))
+)]
 pub async fn stream_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,7 +301,8 @@ pub async fn stream_process(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
     path: String,
@@ -224,6 +324,14 @@ impl futures_core::Stream for Chunks {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/files",
+    operation_id = "read_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    responses((status = 200, description = "The file", content_type = "application/octet-stream"))
+)]
 pub async fn read_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -235,6 +343,14 @@ pub async fn read_file(
 }
 
 /// `GET .../files/archive?path=`: the tree at `path` as a tar stream.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/files/archive",
+    operation_id = "read_archive",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    responses((status = 200, description = "The tree as a tar stream", content_type = "application/x-tar"))
+)]
 pub async fn read_archive(
     State(state): State<AppState>,
     caller: Caller,
@@ -250,7 +366,7 @@ fn stream_body(read: FileRead, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], Body::from_stream(Chunks(read))).into_response()
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Written {
     path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,6 +392,15 @@ async fn feed_body(body: Body, limit: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<
 }
 
 /// Streams the body into the file, refusing bodies over the upload limit (413).
+#[utoipa::path(
+    put,
+    path = "/api/v1/instances/{id}/files",
+    operation_id = "write_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Written", body = Written))
+)]
 pub async fn write_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -292,6 +417,15 @@ pub async fn write_file(
 }
 
 /// `PUT .../files/archive?path=`: extracts a tar stream into `path` (created if missing).
+#[utoipa::path(
+    put,
+    path = "/api/v1/instances/{id}/files/archive",
+    operation_id = "write_archive",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 200, description = "Extracted", body = Written))
+)]
 pub async fn write_archive(
     State(state): State<AppState>,
     caller: Caller,
@@ -308,6 +442,14 @@ pub async fn write_archive(
     Ok(Json(Written { path: query.path, size: None }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}/files",
+    operation_id = "delete_path",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    responses((status = 204, description = "Deleted"))
+)]
 pub async fn delete_path(
     State(state): State<AppState>,
     caller: Caller,
@@ -318,6 +460,14 @@ pub async fn delete_path(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/files/list",
+    operation_id = "list_dir",
+    tag = "files",
+    params(("id" = String, Path, description = "Instance id"), PathQuery),
+    responses((status = 200, description = "The directory", body = faas_api::FileList))
+)]
 pub async fn list_dir(
     State(state): State<AppState>,
     caller: Caller,
@@ -338,6 +488,15 @@ mod futures_util_shim {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/contexts",
+    operation_id = "create_instance_context",
+    tag = "contexts",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = faas_api::InstanceContextRequest,
+    responses((status = 201, description = "The new context", body = faas_api::ContextInfo))
+)]
 pub async fn create_context(
     State(state): State<AppState>,
     caller: Caller,
@@ -348,6 +507,14 @@ pub async fn create_context(
     Ok((StatusCode::CREATED, Json(context)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/contexts",
+    operation_id = "list_instance_contexts",
+    tag = "contexts",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "The instance's contexts", body = faas_api::ContextList))
+)]
 pub async fn contexts(
     State(state): State<AppState>,
     caller: Caller,
@@ -356,6 +523,14 @@ pub async fn contexts(
     Ok(Json(ContextList { contexts: state.engine.instance_contexts(&caller.tenant, &id)? }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/instances/{id}/contexts/{context_id}",
+    operation_id = "delete_instance_context",
+    tag = "contexts",
+    params(("id" = String, Path, description = "Instance id"), ("context_id" = String, Path, description = "Context id")),
+    responses((status = 204, description = "Deleted"))
+)]
 pub async fn delete_context(
     State(state): State<AppState>,
     caller: Caller,

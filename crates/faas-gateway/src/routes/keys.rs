@@ -28,6 +28,14 @@ fn valid_tenant(tenant: &str) -> bool {
         && tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    operation_id = "create_key",
+    tag = "keys",
+    request_body = faas_api::CreateKeyRequest,
+    responses((status = 201, description = "The key: its secret is shown once", body = faas_api::CreatedKey))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -54,12 +62,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedKey { key, info: info(record) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     tenant: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    operation_id = "list_keys",
+    tag = "keys",
+    params(ListQuery),
+    responses((status = 200, description = "Keys (admin)", body = faas_api::KeyList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -70,6 +87,14 @@ pub async fn list(
     Ok(Json(KeyList { keys: keys.into_iter().map(info).collect() }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{id}",
+    operation_id = "revoke_key",
+    tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,79 +14,71 @@ mod terminal;
 mod usage;
 
 use axum::Router;
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, get};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
 pub(crate) use access::SshEndpoint;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/api/v1/execute", post(execute::execute))
-        .route("/api/v1/execute/stream", get(stream::websocket).post(stream::sse))
-        .route("/api/v1/prewarm", post(pools::prewarm))
-        .route("/api/v1/pools", get(pools::list))
-        .route("/api/v1/contexts", post(contexts::create).get(contexts::list))
-        .route("/api/v1/contexts/{id}", get(contexts::get).delete(contexts::delete))
-        .route("/api/v1/instances", post(instances::create).get(instances::list))
-        .route("/api/v1/instances/{id}", get(instances::get).delete(instances::delete))
-        .route("/api/v1/instances/{id}/stop", post(instances::stop))
-        .route("/api/v1/instances/{id}/start", post(instances::start))
-        .route("/api/v1/instances/{id}/exec", post(instances::exec))
-        .route(
-            "/api/v1/instances/{id}/exec/stream",
-            get(stream::instance_websocket).post(stream::instance_sse),
-        )
-        .route(
-            "/api/v1/instances/{id}/files",
-            get(instances::read_file).put(instances::write_file).delete(instances::delete_path),
-        )
-        .route("/api/v1/instances/{id}/files/list", get(instances::list_dir))
-        .route(
-            "/api/v1/instances/{id}/contexts",
-            post(instances::create_context).get(instances::contexts),
-        )
-        .route("/api/v1/instances/{id}/contexts/{context_id}", delete(instances::delete_context))
-        .route(
-            "/api/v1/instances/{id}/files/archive",
-            get(instances::read_archive).put(instances::write_archive),
-        )
-        .route("/api/v1/instances/{id}/terminal", get(terminal::terminal))
-        .route("/api/v1/instances/{id}/ssh", get(access::issue_ssh).delete(access::revoke_ssh))
-        .route("/api/v1/instances/{id}/ssh/keys/{key_id}", delete(access::revoke_ssh_key))
-        .route(
-            "/api/v1/instances/{id}/public-ports",
-            post(access::expose_port).get(access::public_ports),
-        )
-        .route("/api/v1/instances/{id}/public-ports/{port}", delete(access::close_port))
+/// The API's routes and their OpenAPI description, from the same annotations: a route
+/// cannot exist undocumented, nor a documented one be missing.
+pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(health::health))
+        .routes(routes!(execute::execute))
+        .routes(routes!(stream::websocket, stream::sse))
+        .routes(routes!(pools::prewarm))
+        .routes(routes!(pools::list))
+        .routes(routes!(contexts::create, contexts::list))
+        .routes(routes!(contexts::get, contexts::delete))
+        .routes(routes!(instances::create, instances::list))
+        .routes(routes!(instances::get, instances::delete))
+        .routes(routes!(instances::stop))
+        .routes(routes!(instances::start))
+        .routes(routes!(instances::exec))
+        .routes(routes!(stream::instance_websocket, stream::instance_sse))
+        .routes(routes!(instances::read_file, instances::write_file, instances::delete_path))
+        .routes(routes!(instances::list_dir))
+        .routes(routes!(instances::create_context, instances::contexts))
+        .routes(routes!(instances::delete_context))
+        .routes(routes!(instances::read_archive, instances::write_archive))
+        .routes(routes!(terminal::terminal))
+        .routes(routes!(access::issue_ssh, access::revoke_ssh))
+        .routes(routes!(access::revoke_ssh_key))
+        .routes(routes!(access::expose_port, access::public_ports))
+        .routes(routes!(access::close_port))
+        .routes(routes!(instances::processes))
+        .routes(routes!(instances::process))
+        .routes(routes!(instances::wait_process))
+        .routes(routes!(instances::kill_process))
+        .routes(routes!(instances::stream_process))
+        .routes(routes!(snapshots::create, snapshots::list))
+        .routes(routes!(snapshots::get, snapshots::delete))
+        .routes(routes!(snapshots::restore))
+        .routes(routes!(snapshots::tree))
+        .routes(routes!(snapshots::branch))
+        .routes(routes!(snapshots::merge))
+        .routes(routes!(execute::get_execution))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(usage::report))
+        .routes(routes!(usage::current))
+        .routes(routes!(usage::records))
+        .routes(routes!(usage::quotas))
+        .routes(routes!(usage::tenant_quotas, usage::set_tenant_quotas))
+        .split_for_parts();
+    // Not in the document: proxied ports forward any method and body to the instance's own
+    // server (README), and /metrics is Prometheus text for scrapers.
+    let router = router
         .route("/p/{token}", any(ports::public_root))
         .route("/p/{token}/", any(ports::public_root))
         .route("/p/{token}/{*rest}", any(ports::public_proxy))
         .route("/api/v1/instances/{id}/ports/{port}", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/", any(ports::proxy_root))
         .route("/api/v1/instances/{id}/ports/{port}/{*rest}", any(ports::proxy))
-        .route("/api/v1/instances/{id}/processes", get(instances::processes))
-        .route("/api/v1/instances/{id}/processes/{pid}", get(instances::process))
-        .route("/api/v1/instances/{id}/processes/{pid}/wait", post(instances::wait_process))
-        .route("/api/v1/instances/{id}/processes/{pid}/kill", post(instances::kill_process))
-        .route("/api/v1/instances/{id}/processes/{pid}/stream", get(instances::stream_process))
-        .route("/api/v1/snapshots", post(snapshots::create).get(snapshots::list))
-        .route("/api/v1/snapshots/{id}", get(snapshots::get).delete(snapshots::delete))
-        .route("/api/v1/snapshots/{id}/restore", post(snapshots::restore))
-        .route("/api/v1/snapshots/{id}/tree", get(snapshots::tree))
-        .route("/api/v1/branches", post(snapshots::branch))
-        .route("/api/v1/branches/merge", post(snapshots::merge))
-        .route("/api/v1/executions/{id}", get(execute::get_execution))
-        .route("/api/v1/keys", post(keys::create).get(keys::list))
-        .route("/api/v1/keys/{id}", delete(keys::revoke))
-        .route("/api/v1/usage", get(usage::report))
-        .route("/api/v1/usage/current", get(usage::current))
-        .route("/api/v1/usage/records", get(usage::records))
-        .route("/api/v1/quotas", get(usage::quotas))
-        .route(
-            "/api/v1/tenants/{tenant}/quotas",
-            get(usage::tenant_quotas).put(usage::set_tenant_quotas),
-        )
         .route("/metrics", get(crate::limits::render))
+        .route("/api/v1/openapi.json", get(crate::openapi::serve));
+    (router, crate::openapi::finish(api))
 }

@@ -15,6 +15,14 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::{ApiJson, OptionalJson};
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/snapshots",
+    operation_id = "create_snapshot",
+    tag = "snapshots",
+    request_body = faas_api::CreateSnapshotRequest,
+    responses((status = 201, description = "The snapshot", body = faas_api::Snapshot))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -33,6 +41,13 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|e| ApiError::Internal(e.to_string()))?.map_err(Into::into)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots",
+    operation_id = "list_snapshots",
+    tag = "snapshots",
+    responses((status = 200, description = "The caller's snapshots", body = faas_api::SnapshotList))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -40,6 +55,14 @@ pub async fn list(
     Ok(Json(SnapshotList { snapshots: state.engine.list_snapshots(&caller.tenant).await? }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots/{id}",
+    operation_id = "get_snapshot",
+    tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses((status = 200, description = "The snapshot", body = faas_api::Snapshot))
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -48,6 +71,14 @@ pub async fn get(
     Ok(Json(state.engine.snapshot(&caller.tenant, &id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/snapshots/{id}/tree",
+    operation_id = "snapshot_tree",
+    tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses((status = 200, description = "The lineage below the snapshot", body = faas_api::SnapshotTree))
+)]
 pub async fn tree(
     State(state): State<AppState>,
     caller: Caller,
@@ -56,6 +87,14 @@ pub async fn tree(
     Ok(Json(state.engine.snapshot_tree(&caller.tenant, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/snapshots/{id}",
+    operation_id = "delete_snapshot",
+    tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses((status = 204, description = "Deleted"))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -65,6 +104,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/snapshots/{id}/restore",
+    operation_id = "restore_snapshot",
+    tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id")),
+    request_body(content = Option<faas_api::RestoreSnapshotRequest>, description = "Optional"),
+    responses((status = 201, description = "A new running instance in the snapshot state", body = faas_api::Instance))
+)]
 pub async fn restore(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +125,14 @@ pub async fn restore(
     Ok((StatusCode::CREATED, Json(instance)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/branches/merge",
+    operation_id = "merge_branches",
+    tag = "snapshots",
+    request_body = faas_api::MergeRequest,
+    responses((status = 201, description = "The merged filesystem snapshot", body = faas_api::MergeResult))
+)]
 pub async fn merge(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,6 +143,14 @@ pub async fn merge(
     Ok((StatusCode::CREATED, Json(merged)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/branches",
+    operation_id = "branch",
+    tag = "snapshots",
+    request_body = faas_api::BranchRequest,
+    responses((status = 201, description = "The branches, all running", body = faas_api::BranchResponse))
+)]
 pub async fn branch(
     State(state): State<AppState>,
     caller: Caller,

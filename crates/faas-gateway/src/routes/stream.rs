@@ -142,6 +142,13 @@ fn start(
     (output, stdin, kill, run)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/execute/stream",
+    operation_id = "execute_websocket",
+    tag = "streaming",
+    responses((status = 101, description = "WebSocket: send an ExecuteRequest, then StreamInput messages; receive StreamEvent messages"))
+)]
 pub async fn websocket(
     State(state): State<AppState>,
     caller: Caller,
@@ -153,6 +160,14 @@ pub async fn websocket(
 }
 
 /// `GET /api/v1/instances/{id}/exec/stream`: the same protocol, in an instance.
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/exec/stream",
+    operation_id = "instance_exec_websocket",
+    tag = "streaming",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 101, description = "WebSocket: as /api/v1/execute/stream, with an InstanceExecRequest"))
+)]
 pub async fn instance_websocket(
     State(state): State<AppState>,
     caller: Caller,
@@ -247,6 +262,14 @@ pub(crate) fn sse_event(event: &StreamEvent) -> Event {
     Event::default().event(name).data(serde_json::to_string(event).unwrap_or_default())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute/stream",
+    operation_id = "execute_sse",
+    tag = "streaming",
+    request_body = faas_api::ExecuteRequest,
+    responses((status = 200, description = "Server-Sent Events, each data line a StreamEvent", content_type = "text/event-stream"))
+)]
 pub async fn sse(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +279,15 @@ pub async fn sse(
 }
 
 /// `POST /api/v1/instances/{id}/exec/stream`: Server-Sent Events of an exec in an instance.
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/exec/stream",
+    operation_id = "instance_exec_sse",
+    tag = "streaming",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = faas_api::InstanceExecRequest,
+    responses((status = 200, description = "Server-Sent Events, each data line a StreamEvent", content_type = "text/event-stream"))
+)]
 pub async fn instance_sse(
     State(state): State<AppState>,
     caller: Caller,

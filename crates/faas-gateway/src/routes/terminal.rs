@@ -20,7 +20,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::ApiQuery;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TerminalQuery {
     #[serde(default = "default_rows")]
     rows: u16,
@@ -53,6 +54,14 @@ pub(crate) fn pty_size(rows: u16, cols: u16) -> Result<PtySize, ApiError> {
     Ok(PtySize { rows, cols })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/terminal",
+    operation_id = "terminal",
+    tag = "streaming",
+    params(("id" = String, Path, description = "Instance id"), TerminalQuery),
+    responses((status = 101, description = "WebSocket with an interactive terminal"))
+)]
 pub async fn terminal(
     State(state): State<AppState>,
     caller: Caller,

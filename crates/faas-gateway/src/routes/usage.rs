@@ -11,7 +11,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::{ApiJson, ApiQuery};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Milliseconds since the epoch, an RFC 3339 time or a date (`2026-11-01`, UTC);
@@ -54,6 +55,14 @@ fn range(query: &UsageQuery) -> Result<(u64, u64), ApiError> {
     Ok((moment("from", query.from.as_deref(), start)?, moment("to", query.to.as_deref(), end)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    operation_id = "usage_report",
+    tag = "usage",
+    params(UsageQuery),
+    responses((status = 200, description = "Usage and cost in the period", body = faas_api::UsageReport))
+)]
 pub async fn report(
     State(state): State<AppState>,
     caller: Caller,
@@ -64,6 +73,14 @@ pub async fn report(
     Ok(Json(state.engine.usage_report(&tenant, from, to, query.group_by.as_deref()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage/current",
+    operation_id = "usage_current",
+    tag = "usage",
+    params(UsageQuery),
+    responses((status = 200, description = "This month so far", body = faas_api::CurrentUsage))
+)]
 pub async fn current(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,6 +90,14 @@ pub async fn current(
     Ok(Json(state.engine.usage_current(&tenant).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage/records",
+    operation_id = "usage_records",
+    tag = "usage",
+    params(UsageQuery),
+    responses((status = 200, description = "Single charges", body = faas_api::UsageRecordList))
+)]
 pub async fn records(
     State(state): State<AppState>,
     caller: Caller,
@@ -85,13 +110,22 @@ pub async fn records(
     Ok(Json(state.engine.usage_records(&tenant, from, to, after, limit).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuery {
     tenant: Option<String>,
 }
 
 /// `GET /api/v1/quotas`: the caller's quotas (an admin's: any tenant's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/quotas",
+    operation_id = "get_quotas",
+    tag = "usage",
+    params(TenantQuery),
+    responses((status = 200, description = "Quotas and what is in use", body = faas_api::QuotaStatus))
+)]
 pub async fn quotas(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,6 +136,14 @@ pub async fn quotas(
 }
 
 /// `GET /api/v1/tenants/{tenant}/quotas` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/quotas",
+    operation_id = "get_tenant_quotas",
+    tag = "usage",
+    params(("tenant" = String, Path, description = "Tenant")),
+    responses((status = 200, description = "A tenant's quotas (admin)", body = faas_api::QuotaStatus))
+)]
 pub async fn tenant_quotas(
     State(state): State<AppState>,
     caller: Caller,
@@ -112,6 +154,15 @@ pub async fn tenant_quotas(
 }
 
 /// `PUT /api/v1/tenants/{tenant}/quotas` (admin): replaces the tenant's overrides.
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenant}/quotas",
+    operation_id = "set_tenant_quotas",
+    tag = "usage",
+    params(("tenant" = String, Path, description = "Tenant")),
+    request_body = faas_api::Quotas,
+    responses((status = 200, description = "The tenant's quotas now", body = faas_api::QuotaStatus))
+)]
 pub async fn set_tenant_quotas(
     State(state): State<AppState>,
     caller: Caller,
