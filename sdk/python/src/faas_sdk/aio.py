@@ -1,0 +1,325 @@
+"""The asynchronous client: `AsyncFaaSClient`, the same surface as `FaaSClient` with
+`await` (and `async for` over streams)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Type
+
+import httpx
+
+from . import _base
+from ._base import Command
+from .errors import ConnectionError, FaaSError, NotFoundError
+from .models import (
+    CurrentUsage,
+    ExecutionResult,
+    FileEntry,
+    InstanceInfo,
+    Json,
+    Process,
+    Snapshot,
+    SshAccess,
+    StreamEvent,
+)
+
+OutputCallback = Callable[[str], None]
+
+
+class AsyncFaaSClient:
+    """A faas server, asynchronously. See `FaaSClient` for the arguments and retries."""
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 330.0,
+        max_retries: int = 2,
+        http_client: Optional[httpx.AsyncClient] = None,
+    ) -> None:
+        self.base_url, self.api_key = _base.settings(base_url, api_key)
+        self.max_retries = max_retries
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._headers = _base.headers(self.api_key)
+        self.instances = AsyncInstances(self)
+        self.snapshots = AsyncSnapshots(self)
+        self.usage = AsyncUsageAPI(self)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncFaaSClient":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        json: Optional[Any] = None,
+        content: Optional[bytes] = None,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    method, self.base_url + path, params=params, json=json, content=content,
+                    headers=self._headers,
+                )
+            except httpx.TransportError as e:
+                if _base.should_retry(method, attempt, self.max_retries, None):
+                    await asyncio.sleep(_base.backoff(attempt, None))
+                    attempt += 1
+                    continue
+                raise ConnectionError(f"{method} {path}: {e}", code="connection") from e
+            if response.status_code >= 400 and _base.should_retry(
+                method, attempt, self.max_retries, response.status_code
+            ):
+                await asyncio.sleep(_base.backoff(attempt, _base.retry_after(response)))
+                attempt += 1
+                continue
+            _base.raise_for(response)
+            return response
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Json:
+        value = (await self._request(method, path, **kw)).json()
+        if not isinstance(value, dict):
+            raise FaaSError(f"unexpected answer to {method} {path}", code="bad_answer")
+        return value
+
+    async def _stream(self, path: str, payload: Json) -> AsyncIterator[StreamEvent]:
+        try:
+            async with self._http.stream(
+                "POST", self.base_url + path, json=payload, headers=self._headers
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _base.raise_for(response)
+                lines: List[str] = []
+                async for line in response.aiter_lines():
+                    if line == "":
+                        for event in _base.sse_data(lines + [""]):
+                            yield StreamEvent.from_json(event)
+                        lines = []
+                    else:
+                        lines.append(line)
+                for event in _base.sse_data(lines):
+                    yield StreamEvent.from_json(event)
+        except httpx.TransportError as e:
+            raise ConnectionError(f"POST {path}: {e}", code="connection") from e
+
+    async def execute(
+        self,
+        command: Optional[Command] = None,
+        *,
+        code: Optional[str] = None,
+        language: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        **options: Any,
+    ) -> ExecutionResult:
+        """As `FaaSClient.execute` (`mode`, `image`, `stdin`, `env`, `timeout_ms`, ... in
+        `options`)."""
+        payload = _base.run_fields(command, code, language, options)
+        if on_stdout is None and on_stderr is None:
+            return ExecutionResult.from_json(await self._json("POST", "/api/v1/execute", json=payload))
+        return await _follow(self._stream("/api/v1/execute/stream", payload), on_stdout, on_stderr)
+
+    async def run_code(self, code: str, language: str = "python", **kw: Any) -> ExecutionResult:
+        return await self.execute(code=code, language=language, **kw)
+
+    def stream(
+        self, command: Optional[Command] = None, *, code: Optional[str] = None,
+        language: Optional[str] = None, **options: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """`async for event in client.stream(...)`: output as produced, then `exit`."""
+        payload = _base.run_fields(command, code, language, options)
+        return self._stream("/api/v1/execute/stream", payload)
+
+    async def health(self) -> Json:
+        return await self._json("GET", "/health")
+
+
+async def _follow(
+    events: AsyncIterator[StreamEvent],
+    on_stdout: Optional[OutputCallback],
+    on_stderr: Optional[OutputCallback],
+) -> ExecutionResult:
+    async for event in events:
+        if event.type == "stdout" and on_stdout is not None:
+            on_stdout(event.data)
+        elif event.type == "stderr" and on_stderr is not None:
+            on_stderr(event.data)
+        elif event.type == "exit" and event.result is not None:
+            return event.result
+        elif event.type == "error":
+            raise FaaSError(event.data, code=event.error_code or "error")
+    raise FaaSError("the stream ended without a result", code="bad_stream")
+
+
+class AsyncFiles:
+    def __init__(self, instance: "AsyncInstance") -> None:
+        self._i = instance
+
+    async def write(self, path: str, data: "bytes | str") -> None:
+        content = data.encode() if isinstance(data, str) else data
+        await self._i._client._request("PUT", self._i._path("/files"), params={"path": path}, content=content)
+
+    async def read(self, path: str) -> bytes:
+        return (await self._i._client._request("GET", self._i._path("/files"), params={"path": path})).content
+
+    async def list(self, path: str = "/home/user") -> List[FileEntry]:
+        answer = await self._i._client._json("GET", self._i._path("/files/list"), params={"path": path})
+        entries = answer.get("entries")
+        return [FileEntry.from_json(e) for e in entries] if isinstance(entries, list) else []
+
+    async def delete(self, path: str, recursive: bool = False) -> None:
+        params = {"path": path, "recursive": "true" if recursive else "false"}
+        await self._i._client._request("DELETE", self._i._path("/files"), params=params)
+
+
+class AsyncInstance:
+    """A persistent instance; `async with` deletes it at the end."""
+
+    def __init__(self, client: AsyncFaaSClient, info: InstanceInfo) -> None:
+        self._client = client
+        self.info = info
+        self.files = AsyncFiles(self)
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/api/v1/instances/{self.id}{suffix}"
+
+    def _update(self, answer: Json) -> "AsyncInstance":
+        self.info = InstanceInfo.from_json(answer)
+        return self
+
+    async def refresh(self) -> "AsyncInstance":
+        return self._update(await self._client._json("GET", self._path()))
+
+    async def exec(
+        self,
+        command: Optional[Command] = None,
+        *,
+        code: Optional[str] = None,
+        language: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        **options: Any,
+    ) -> ExecutionResult:
+        payload = _base.run_fields(command, code, language, options)
+        if on_stdout is None and on_stderr is None:
+            return ExecutionResult.from_json(await self._client._json("POST", self._path("/exec"), json=payload))
+        return await _follow(self._client._stream(self._path("/exec/stream"), payload), on_stdout, on_stderr)
+
+    async def spawn(self, command: Command, **options: Any) -> Process:
+        payload = _base.run_fields(command, None, None, {**options, "background": True})
+        return Process.from_json(await self._client._json("POST", self._path("/exec"), json=payload))
+
+    def port_url(self, port: int, path: str = "") -> str:
+        return f"{self._client.base_url}{self._path(f'/ports/{port}/')}{path.lstrip('/')}"
+
+    async def expose(self, port: int) -> str:
+        answer = await self._client._json("POST", self._path("/public-ports"), json={"port": port})
+        return str(answer.get("url", ""))
+
+    async def ssh(self) -> SshAccess:
+        return SshAccess.from_json(await self._client._json("GET", self._path("/ssh")))
+
+    async def snapshot(
+        self, name: Optional[str] = None, *, stop: bool = False,
+        metadata: Optional[Dict[str, str]] = None,
+    ) -> Snapshot:
+        payload = _base.body(instance_id=self.id, name=name, stop=stop or None, metadata=metadata)
+        return Snapshot.from_json(await self._client._json("POST", "/api/v1/snapshots", json=payload))
+
+    async def stop(self) -> "AsyncInstance":
+        return self._update(await self._client._json("POST", self._path("/stop")))
+
+    async def start(self) -> "AsyncInstance":
+        return self._update(await self._client._json("POST", self._path("/start")))
+
+    async def delete(self) -> None:
+        await self._client._request("DELETE", self._path())
+
+    async def __aenter__(self) -> "AsyncInstance":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        try:
+            await self.delete()
+        except NotFoundError:
+            pass
+
+
+class AsyncInstances:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def create(self, **options: Any) -> AsyncInstance:
+        """A new running instance (`image`, `memory_mb`, `cpu`, `disk_mb`, `env`,
+        `metadata`, `ttl_seconds`, `idle_timeout_seconds`, ...)."""
+        answer = await self._c._json("POST", "/api/v1/instances", json=_base.body(**options))
+        return AsyncInstance(self._c, InstanceInfo.from_json(answer))
+
+    async def get(self, instance_id: str) -> AsyncInstance:
+        answer = await self._c._json("GET", f"/api/v1/instances/{instance_id}")
+        return AsyncInstance(self._c, InstanceInfo.from_json(answer))
+
+    async def list(self, *, status: Optional[str] = None) -> List[AsyncInstance]:
+        params = _base.body(status=status)
+        items = (await self._c._json("GET", "/api/v1/instances", params=params)).get("instances")
+        return [AsyncInstance(self._c, InstanceInfo.from_json(i)) for i in items] if isinstance(items, list) else []
+
+
+class AsyncSnapshots:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def get(self, snapshot_id: str) -> Snapshot:
+        return Snapshot.from_json(await self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}"))
+
+    async def delete(self, snapshot_id: str) -> None:
+        await self._c._request("DELETE", f"/api/v1/snapshots/{snapshot_id}")
+
+    async def restore(self, snapshot_id: str) -> AsyncInstance:
+        answer = await self._c._json("POST", f"/api/v1/snapshots/{snapshot_id}/restore", json={})
+        return AsyncInstance(self._c, InstanceInfo.from_json(answer))
+
+    async def branch(self, snapshot_id: str, count: int) -> List[AsyncInstance]:
+        answer = await self._c._json(
+            "POST", "/api/v1/branches", json={"snapshot_id": snapshot_id, "count": count}
+        )
+        items = answer.get("instances")
+        return [AsyncInstance(self._c, InstanceInfo.from_json(i)) for i in items] if isinstance(items, list) else []
+
+
+class AsyncUsageAPI:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def current(self) -> CurrentUsage:
+        return CurrentUsage.from_json(await self._c._json("GET", "/api/v1/usage/current"))

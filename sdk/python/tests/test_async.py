@@ -1,0 +1,26 @@
+"""The asynchronous client against a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from faas_sdk import AsyncFaaSClient, NotFoundError
+
+from .conftest import Server
+
+
+async def test_async_execute_stream_and_instances(server: Server, tenant_key: str) -> None:
+    async with AsyncFaaSClient(base_url=server.url, api_key=tenant_key) as client:
+        result = await client.execute("echo 'Hello!'")
+        assert result.stdout == "Hello!\n"
+        chunks = []
+        async for event in client.stream("echo a; echo b"):
+            if event.type == "stdout":
+                chunks.append(event.data)
+        assert "".join(chunks) == "a\nb\n"
+        async with await client.instances.create() as instance:
+            await instance.files.write("/home/user/f", b"x")
+            assert (await instance.exec("cat /home/user/f")).stdout == "x"
+        with pytest.raises(NotFoundError):
+            await client.instances.get(instance.id)
+        assert (await client.usage.current()).usage.records >= 1
