@@ -683,3 +683,32 @@ async fn lazy_restores_serve_memory_on_demand_and_checkpoint_again() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(count(&server, &again).await > counted, "the counter runs on in the copy");
 }
+
+/// Node runs several threads: a restore must leave them in their process's cgroups (CRIU
+/// moved them to the dumped per-thread sets, which do not exist in the new sandbox, until
+/// faas's patch 0004).
+#[tokio::test]
+async fn a_multithreaded_javascript_context_is_restored_and_branched() {
+    require_criu!();
+    let server = Server::start().await;
+    let first = server
+        .exec(json!({"language": "javascript", "mode": "checkpointed", "checkpoint_after": true,
+                     "code": "let greeting = 'Hello'; console.log('ready')"}))
+        .await;
+    assert_eq!(first["stdout"], "ready\n", "{first}");
+    let snapshot = first["snapshot_id"].as_str().expect("snapshot_id").to_owned();
+    let again = server
+        .exec(json!({"language": "javascript", "mode": "checkpointed", "snapshot_id": snapshot,
+                     "code": "console.log(greeting + ' again')"}))
+        .await;
+    assert_eq!(again["stdout"], "Hello again\n", "{again}");
+    let branched = server
+        .exec(json!({"language": "javascript", "mode": "branched", "parent_snapshot": snapshot,
+                     "count": 2, "code": "console.log(greeting + ' from a branch')"}))
+        .await;
+    let branches = branched["branches"].as_array().expect("branches");
+    assert_eq!(branches.len(), 2);
+    for b in branches {
+        assert_eq!(b["stdout"], "Hello from a branch\n", "{b}");
+    }
+}

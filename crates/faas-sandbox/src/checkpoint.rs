@@ -494,8 +494,32 @@ pub fn copy_sparse_durable(source: &Path, target: &Path) -> io::Result<u64> {
 /// A CRIU failure: its error lines go to the server's log (they name host paths and
 /// addresses no tenant should see), the caller gets the kind of failure.
 fn criu_failed(what: &str, log: &Path) -> RunError {
-    tracing::warn!(log = %log.display(), errors = %criu_errors(log), "criu {what} failed");
+    let kept = keep_failed_log(what, log);
+    let kept = kept.as_deref().unwrap_or(log);
+    tracing::warn!(log = %kept.display(), errors = %criu_errors(log), "criu {what} failed");
     RunError::Checkpoint(format!("criu {what} failed; the server log has CRIU's errors"))
+}
+
+/// The most CRIU logs of failures kept for an operator (the newest).
+const FAILED_LOGS_KEPT: usize = 20;
+
+/// Copies a failed operation's CRIU log beside its work directories (`failed/`), since
+/// those are removed: the error lines alone rarely say why.
+fn keep_failed_log(what: &str, log: &Path) -> Option<std::path::PathBuf> {
+    let work = log.parent()?;
+    let dir = work.parent()?.join("failed");
+    std::fs::create_dir_all(&dir).ok()?;
+    let name = format!("{}.{what}.log", work.file_name()?.to_string_lossy());
+    let kept = dir.join(name);
+    std::fs::copy(log, &kept).ok()?;
+    let mut logs: Vec<_> = std::fs::read_dir(&dir).ok()?.flatten().collect();
+    if logs.len() > FAILED_LOGS_KEPT {
+        logs.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        for old in &logs[..logs.len() - FAILED_LOGS_KEPT] {
+            let _ = std::fs::remove_file(old.path());
+        }
+    }
+    Some(kept)
 }
 
 /// The error lines of a CRIU log (the last few), for a message an operator can act on.
