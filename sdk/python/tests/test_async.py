@@ -24,3 +24,10 @@ async def test_async_execute_stream_and_instances(server: Server, tenant_key: st
         with pytest.raises(NotFoundError):
             await client.instances.get(instance.id)
         assert (await client.usage.current()).usage.records >= 1
+        assert (await client.usage.records(limit=1))["records"]
+        context = await client.contexts.create("python")
+        await context.run("v = 5")
+        assert (await context.run("print(v)")).stdout == "5\n"
+        await context.delete()
+        assert (await client.executions.get(result.id)).stdout == "Hello!\n"
+        assert await client.pools.list() is not None

@@ -170,8 +170,35 @@ def test_admin_keys_and_quotas(server: Server) -> None:
         tenant.usage.current()
 
 
+def test_instance_contexts_archives_and_streamed_execs(client: FaaSClient) -> None:
+    import io
+    import tarfile
+
+    with client.instances.create() as instance:
+        context = instance.create_context("python")
+        instance.exec(code="n = 20", language="python", context_id=context["id"])
+        assert instance.exec(code="print(n * 2)", language="python", context_id=context["id"]).stdout == "40\n"
+        assert [c["id"] for c in instance.contexts()] == [context["id"]]
+        instance.delete_context(context["id"])
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            data = b"from a tar\n"
+            info = tarfile.TarInfo("dir/file.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        instance.files.upload_tar("/home/user/unpacked", buffer.getvalue())
+        assert instance.files.read("/home/user/unpacked/dir/file.txt") == b"from a tar\n"
+        back = tarfile.open(fileobj=io.BytesIO(instance.files.download_tar("/home/user/unpacked")))
+        assert any(name.endswith("dir/file.txt") for name in back.getnames())
+        lines: List[str] = []
+        streamed = instance.exec("echo a; echo b", on_stdout=lines.append)
+        assert "".join(lines) == "a\nb\n" and streamed.exit_code == 0
+
+
 def test_usage_reports_this_month(client: FaaSClient) -> None:
     client.execute("true")
+    assert client.usage.records(limit=1)["records"]
+    assert "total" in client.usage.report(group_by="mode")
     current = client.usage.current()
     assert current.tenant == "sdk-tests" and current.usage.records >= 1
     assert current.usage.cost_micros >= 0 and len(current.month) == 7

@@ -169,6 +169,21 @@ export class Files {
     const query = { path, recursive: options.recursive ?? false };
     await this.i.client.http.request("DELETE", this.i.path("/files"), { query, signal: options.signal });
   }
+
+  /** Extracts a tar archive into `path` (created if missing), as the instance's user. */
+  async uploadTar(path: string, archive: Uint8Array, options: Signal = {}): Promise<void> {
+    await this.i.client.http.request("PUT", this.i.path("/files/archive"), {
+      query: { path },
+      body: new Blob([archive as Uint8Array<ArrayBuffer>]),
+      signal: options.signal,
+    });
+  }
+
+  /** The tree under `path` as a tar archive. */
+  async downloadTar(path: string, options: Signal = {}): Promise<Uint8Array> {
+    const r = await this.i.client.http.request("GET", this.i.path("/files/archive"), { query: { path }, ...options });
+    return new Uint8Array(await r.arrayBuffer());
+  }
 }
 
 /** A persistent instance. `await using` (or `try/finally` with `delete()`) cleans it up. */
@@ -239,6 +254,20 @@ export class Instance {
     // Sent as is: `signal` is also the name of the SDK's AbortSignal option.
     const body = sig === undefined ? {} : { signal: sig };
     return fromWire(await this.client.http.json("POST", path, { json: body, ...options })) as Process;
+  }
+
+  /** An interpreter inside the instance whose globals persist (run code in it with
+   * `exec({ code, contextId })`); it travels into snapshots and branches. */
+  async createContext(language = "python", options: { env?: Record<string, string> } & Signal = {}): Promise<Json> {
+    return fromWire(await this.client.http.json("POST", this.path("/contexts"), { json: toWire({ language, ...options }), signal: options.signal })) as Json;
+  }
+
+  async contexts(options: Signal = {}): Promise<Json[]> {
+    return fromWire((await this.client.http.json("GET", this.path("/contexts"), options)).contexts ?? []) as Json[];
+  }
+
+  async deleteContext(contextId: string, options: Signal = {}): Promise<void> {
+    await this.client.http.request("DELETE", this.path(`/contexts/${contextId}`), options);
   }
 
   /** The URL of `port` inside the instance, through the API (send the API key). */
@@ -439,5 +468,11 @@ class UsageApi {
   async report(options: { from?: string; to?: string; groupBy?: "day" | "mode" | "image" } & Signal = {}): Promise<Json> {
     const query = { from: options.from, to: options.to, group_by: options.groupBy };
     return fromWire(await this.c.http.json("GET", "/api/v1/usage", { query, signal: options.signal })) as Json;
+  }
+
+  /** Single charges in the order they were made; page on with `after` = the last id. */
+  async records(options: { from?: string; to?: string; after?: string; limit?: number } & Signal = {}): Promise<Json> {
+    const query = { from: options.from, to: options.to, after: options.after, limit: options.limit };
+    return fromWire(await this.c.http.json("GET", "/api/v1/usage/records", { query, signal: options.signal })) as Json;
   }
 }

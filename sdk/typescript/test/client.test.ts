@@ -140,6 +140,29 @@ describe("FaaSClient against a real server", { skip }, () => {
     await assert.rejects(client.instances.get(instance.id), NotFoundError);
   });
 
+  test("instance contexts, tar archives and streamed execs", async () => {
+    const instance = await client.instances.create();
+    try {
+      const context = await instance.createContext("javascript");
+      await instance.exec({ code: "globalThis.n = 20", language: "javascript", contextId: String(context.id) });
+      const doubled = await instance.exec({ code: "console.log(n * 2)", language: "javascript", contextId: String(context.id) });
+      assert.equal(doubled.stdout, "40\n");
+      assert.deepEqual((await instance.contexts()).map((c) => c.id), [context.id]);
+      await instance.deleteContext(String(context.id));
+      await instance.exec("mkdir -p /home/user/tree/dir && echo packed > /home/user/tree/dir/f");
+      const archive = await instance.files.downloadTar("/home/user/tree");
+      assert.ok(archive.length >= 512);
+      await instance.files.uploadTar("/home/user/copy", archive);
+      assert.equal(await instance.files.readText("/home/user/copy/dir/f"), "packed\n");
+      const lines: string[] = [];
+      const streamed = await instance.exec("echo a; echo b", { onStdout: (d) => lines.push(d) });
+      assert.equal(lines.join(""), "a\nb\n");
+      assert.equal(streamed.exitCode, 0);
+    } finally {
+      await instance.delete();
+    }
+  });
+
   test("contexts, pools, keys, quotas and usage", async () => {
     const context = await client.contexts.create("python");
     await context.run("total = 40");
@@ -156,5 +179,6 @@ describe("FaaSClient against a real server", { skip }, () => {
     assert.equal(usage.tenant, "ts-tests");
     assert.ok(usage.usage.records >= 1);
     assert.equal(usage.month.length, 7);
+    assert.ok(((await client.usage.records({ limit: 1 })).records as unknown[]).length === 1);
   });
 });

@@ -46,6 +46,11 @@ class AsyncFaaSClient:
         self.instances = AsyncInstances(self)
         self.snapshots = AsyncSnapshots(self)
         self.usage = AsyncUsageAPI(self)
+        self.executions = AsyncExecutions(self)
+        self.contexts = AsyncContexts(self)
+        self.pools = AsyncPools(self)
+        self.keys = AsyncKeys(self)
+        self.quotas = AsyncQuotas(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -188,6 +193,17 @@ class AsyncFiles:
         params = {"path": path, "recursive": "true" if recursive else "false"}
         await self._i._client._request("DELETE", self._i._path("/files"), params=params)
 
+    async def upload_tar(self, path: str, archive: bytes) -> None:
+        await self._i._client._request(
+            "PUT", self._i._path("/files/archive"), params={"path": path}, content=archive
+        )
+
+    async def download_tar(self, path: str) -> bytes:
+        response = await self._i._client._request(
+            "GET", self._i._path("/files/archive"), params={"path": path}
+        )
+        return response.content
+
 
 class AsyncInstance:
     """A persistent instance; `async with` deletes it at the end."""
@@ -234,12 +250,38 @@ class AsyncInstance:
         payload = _base.run_fields(command, None, None, {**options, "background": True})
         return Process.from_json(await self._client._json("POST", self._path("/exec"), json=payload))
 
+    async def processes(self) -> List[Process]:
+        items = (await self._client._json("GET", self._path("/processes"))).get("processes")
+        return [Process.from_json(p) for p in items] if isinstance(items, list) else []
+
+    async def wait(self, process_id: str, timeout_ms: Optional[int] = None) -> Process:
+        path = self._path(f"/processes/{process_id}/wait")
+        return Process.from_json(await self._client._json("POST", path, params=_base.body(timeout_ms=timeout_ms)))
+
+    async def kill(self, process_id: str, signal: "str | int | None" = None) -> Process:
+        path = self._path(f"/processes/{process_id}/kill")
+        return Process.from_json(await self._client._json("POST", path, json=_base.body(signal=signal)))
+
+    async def create_context(self, language: str = "python", **options: Any) -> Json:
+        payload = _base.body(language=language, **options)
+        return await self._client._json("POST", self._path("/contexts"), json=payload)
+
+    async def contexts(self) -> List[Json]:
+        items = (await self._client._json("GET", self._path("/contexts"))).get("contexts")
+        return [c for c in items if isinstance(c, dict)] if isinstance(items, list) else []
+
+    async def delete_context(self, context_id: str) -> None:
+        await self._client._request("DELETE", self._path(f"/contexts/{context_id}"))
+
     def port_url(self, port: int, path: str = "") -> str:
         return f"{self._client.base_url}{self._path(f'/ports/{port}/')}{path.lstrip('/')}"
 
     async def expose(self, port: int) -> str:
         answer = await self._client._json("POST", self._path("/public-ports"), json={"port": port})
         return str(answer.get("url", ""))
+
+    async def unexpose(self, port: int) -> None:
+        await self._client._request("DELETE", self._path(f"/public-ports/{port}"))
 
     async def ssh(self) -> SshAccess:
         return SshAccess.from_json(await self._client._json("GET", self._path("/ssh")))
@@ -289,8 +331,12 @@ class AsyncInstances:
         answer = await self._c._json("GET", f"/api/v1/instances/{instance_id}")
         return AsyncInstance(self._c, InstanceInfo.from_json(answer))
 
-    async def list(self, *, status: Optional[str] = None) -> List[AsyncInstance]:
-        params = _base.body(status=status)
+    async def list(
+        self, *, status: Optional[str] = None, metadata: Optional[Dict[str, str]] = None
+    ) -> List[AsyncInstance]:
+        params: Dict[str, str] = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
+        if status is not None:
+            params["status"] = status
         items = (await self._c._json("GET", "/api/v1/instances", params=params)).get("instances")
         return [AsyncInstance(self._c, InstanceInfo.from_json(i)) for i in items] if isinstance(items, list) else []
 
@@ -298,6 +344,23 @@ class AsyncInstances:
 class AsyncSnapshots:
     def __init__(self, client: AsyncFaaSClient) -> None:
         self._c = client
+
+    async def create(self, instance_id: str, *, name: Optional[str] = None, stop: bool = False) -> Snapshot:
+        payload = _base.body(instance_id=instance_id, name=name, stop=stop or None)
+        return Snapshot.from_json(await self._c._json("POST", "/api/v1/snapshots", json=payload))
+
+    async def list(self) -> List[Snapshot]:
+        items = (await self._c._json("GET", "/api/v1/snapshots")).get("snapshots")
+        return [Snapshot.from_json(s) for s in items] if isinstance(items, list) else []
+
+    async def tree(self, snapshot_id: str) -> Json:
+        return await self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}/tree")
+
+    async def merge(
+        self, base_snapshot_id: str, instance_ids: List[str], *, name: Optional[str] = None
+    ) -> Json:
+        payload = _base.body(base_snapshot_id=base_snapshot_id, instance_ids=instance_ids, name=name)
+        return await self._c._json("POST", "/api/v1/branches/merge", json=payload)
 
     async def get(self, snapshot_id: str) -> Snapshot:
         return Snapshot.from_json(await self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}"))
@@ -323,3 +386,105 @@ class AsyncUsageAPI:
 
     async def current(self) -> CurrentUsage:
         return CurrentUsage.from_json(await self._c._json("GET", "/api/v1/usage/current"))
+
+    async def report(
+        self, *, from_: Optional[str] = None, to: Optional[str] = None,
+        group_by: Optional[str] = None,
+    ) -> Json:
+        params = _base.body(**{"from": from_, "to": to, "group_by": group_by})
+        return await self._c._json("GET", "/api/v1/usage", params=params)
+
+    async def records(
+        self, *, from_: Optional[str] = None, to: Optional[str] = None,
+        after: Optional[str] = None, limit: Optional[int] = None,
+    ) -> Json:
+        params = _base.body(**{"from": from_, "to": to, "after": after, "limit": limit})
+        return await self._c._json("GET", "/api/v1/usage/records", params=params)
+
+
+class AsyncExecutions:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def get(self, execution_id: str) -> ExecutionResult:
+        return ExecutionResult.from_json(await self._c._json("GET", f"/api/v1/executions/{execution_id}"))
+
+
+class AsyncContext:
+    """A language interpreter whose globals persist between runs."""
+
+    def __init__(self, client: AsyncFaaSClient, info: Json) -> None:
+        self._client = client
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return str(self.info.get("id", ""))
+
+    @property
+    def language(self) -> str:
+        return str(self.info.get("language", ""))
+
+    async def run(self, code: str, **options: Any) -> ExecutionResult:
+        return await self._client.execute(code=code, language=self.language, context_id=self.id, **options)
+
+    async def delete(self) -> None:
+        await self._client._request("DELETE", f"/api/v1/contexts/{self.id}")
+
+
+class AsyncContexts:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def create(self, language: str = "python", **options: Any) -> AsyncContext:
+        payload = _base.body(language=language, **options)
+        return AsyncContext(self._c, await self._c._json("POST", "/api/v1/contexts", json=payload))
+
+    async def get(self, context_id: str) -> AsyncContext:
+        return AsyncContext(self._c, await self._c._json("GET", f"/api/v1/contexts/{context_id}"))
+
+    async def list(self) -> List[AsyncContext]:
+        items = (await self._c._json("GET", "/api/v1/contexts")).get("contexts")
+        return [AsyncContext(self._c, c) for c in items if isinstance(c, dict)] if isinstance(items, list) else []
+
+
+class AsyncPools:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def prewarm(self, count: int, **options: Any) -> Json:
+        return await self._c._json("POST", "/api/v1/prewarm", json=_base.body(count=count, **options))
+
+    async def list(self) -> List[Json]:
+        items = (await self._c._json("GET", "/api/v1/pools")).get("pools")
+        return [p for p in items if isinstance(p, dict)] if isinstance(items, list) else []
+
+
+class AsyncKeys:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def create(
+        self, tenant: str, *, name: Optional[str] = None, admin: bool = False,
+        rate_tier: Optional[str] = None,
+    ) -> Json:
+        payload = _base.body(tenant=tenant, name=name, role="admin" if admin else None, rate_tier=rate_tier)
+        return await self._c._json("POST", "/api/v1/keys", json=payload)
+
+    async def list(self, tenant: Optional[str] = None) -> List[Json]:
+        items = (await self._c._json("GET", "/api/v1/keys", params=_base.body(tenant=tenant))).get("keys")
+        return [k for k in items if isinstance(k, dict)] if isinstance(items, list) else []
+
+    async def revoke(self, key_id: str) -> None:
+        await self._c._request("DELETE", f"/api/v1/keys/{key_id}")
+
+
+class AsyncQuotas:
+    def __init__(self, client: AsyncFaaSClient) -> None:
+        self._c = client
+
+    async def get(self, tenant: Optional[str] = None) -> Json:
+        return await self._c._json("GET", "/api/v1/quotas", params=_base.body(tenant=tenant))
+
+    async def set(self, tenant: str, **quotas: int) -> Json:
+        return await self._c._json("PUT", f"/api/v1/tenants/{tenant}/quotas", json=quotas)

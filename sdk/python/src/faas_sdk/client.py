@@ -239,6 +239,18 @@ class Files:
         params = {"path": path, "recursive": "true" if recursive else "false"}
         self._i._client._request("DELETE", self._i._path("/files"), params=params)
 
+    def upload_tar(self, path: str, archive: bytes) -> None:
+        """Extracts a tar archive into `path` (created if missing), as the instance's user."""
+        self._i._client._request(
+            "PUT", self._i._path("/files/archive"), params={"path": path}, content=archive
+        )
+
+    def download_tar(self, path: str) -> bytes:
+        """The tree under `path` as a tar archive."""
+        return self._i._client._request(
+            "GET", self._i._path("/files/archive"), params={"path": path}
+        ).content
+
 
 class Instance:
     """A persistent instance. Used as a context manager, it is deleted at the end."""
@@ -305,6 +317,19 @@ class Instance:
         """Signals a background process (SIGKILL unless `signal` names another)."""
         path = self._path(f"/processes/{process_id}/kill")
         return Process.from_json(self._client._json("POST", path, json=_base.body(signal=signal)))
+
+    def create_context(self, language: str = "python", **options: Any) -> Json:
+        """An interpreter inside the instance whose globals persist (run code in it with
+        `exec(code=..., context_id=...)`); it travels into snapshots and branches."""
+        payload = _base.body(language=language, **options)
+        return self._client._json("POST", self._path("/contexts"), json=payload)
+
+    def contexts(self) -> List[Json]:
+        items = self._client._json("GET", self._path("/contexts")).get("contexts")
+        return [c for c in items if isinstance(c, dict)] if isinstance(items, list) else []
+
+    def delete_context(self, context_id: str) -> None:
+        self._client._request("DELETE", self._path(f"/contexts/{context_id}"))
 
     def port_url(self, port: int, path: str = "") -> str:
         """The URL of `port` inside the instance, through the API (send the API key)."""
@@ -454,6 +479,14 @@ class UsageAPI:
         `day`, `mode` or `image`."""
         params = _base.body(**{"from": from_, "to": to, "group_by": group_by})
         return self._c._json("GET", "/api/v1/usage", params=params)
+
+    def records(
+        self, *, from_: Optional[str] = None, to: Optional[str] = None,
+        after: Optional[str] = None, limit: Optional[int] = None,
+    ) -> Json:
+        """Single charges in the order they were made; page on with `after` = the last id."""
+        params = _base.body(**{"from": from_, "to": to, "after": after, "limit": limit})
+        return self._c._json("GET", "/api/v1/usage/records", params=params)
 
 
 class Context:
