@@ -66,7 +66,7 @@ async fn generated_requests_to_every_operation_get_documented_answers() {
     )
     .expect("config");
     let out = Command::new("timeout")
-        .arg("170")
+        .arg("420")
         .arg(tools.join("st"))
         .args(["run", &doc.to_string_lossy(), "--url", &server.url])
         .args(["-H", &format!("Authorization: Bearer {ADMIN_KEY}")])

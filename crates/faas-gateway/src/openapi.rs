@@ -41,6 +41,11 @@ use utoipa::{Modify, OpenApi};
 )]
 struct ApiDoc;
 
+/// Raw bytes in a request body (a file, a tar archive): a binary string, not JSON.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(crate) struct Binary(#[allow(dead_code)] Vec<u8>);
+
 struct Security;
 
 impl Modify for Security {

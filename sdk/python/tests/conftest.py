@@ -3,7 +3,10 @@ its own data, run dir and cgroup parent; the tests talk to it over HTTP."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -51,6 +54,7 @@ def server() -> Iterator[Server]:
     process = subprocess.Popen(
         [str(binary), "serve", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=_die_with_parent,
     )
     url = None
     assert process.stdout is not None
@@ -65,7 +69,18 @@ def server() -> Iterator[Server]:
     threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
     yield Server(url, process)
     process.terminate()
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """The server gets SIGTERM when the test process dies, however it dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from faas_sdk import AsyncFaaSClient, NotFoundError
+from faas_sdk import AsyncFaaSClient, AuthenticationError, NotFoundError, NotSupportedError, ValidationError
 
 from .conftest import Server
 
@@ -31,3 +31,12 @@ async def test_async_execute_stream_and_instances(server: Server, tenant_key: st
         await context.delete()
         assert (await client.executions.get(result.id)).stdout == "Hello!\n"
         assert await client.pools.list() is not None
+        with pytest.raises(NotFoundError):
+            await client.executions.get("ex_missing")
+        with pytest.raises(ValidationError):
+            await client.execute("true", timeout_ms=0)
+        with pytest.raises(NotSupportedError):
+            await client.execute("true", network=True, on_stdout=print)
+    async with AsyncFaaSClient(base_url=server.url, api_key="faas_nope") as stranger:
+        with pytest.raises(AuthenticationError):
+            await stranger.execute("true")

@@ -51,6 +51,11 @@ def test_output_streams_to_callbacks_and_iterators(client: FaaSClient) -> None:
     )
     assert "".join(out) == "one\nthree\n" and "".join(err) == "two\n"
     assert result.exit_code == 0
+    # Line and paragraph separators travel raw in the events' JSON.
+    odd = client.execute(code="print('a\\u2028b\\u2029c\\x85d')", language="python", on_stdout=out.append)
+    assert odd.stdout == "a\u2028b\u2029c\x85d\n" and out[-1].endswith("d\n")
+    with pytest.raises(NotSupportedError):
+        client.execute("true", network=True, on_stdout=out.append)
     events = list(client.stream(code="print('hi')", language="python"))
     assert [e.type for e in events][-1] == "exit"
     assert "".join(e.data for e in events if e.type == "stdout") == "hi\n"
@@ -75,9 +80,10 @@ def test_errors_carry_the_api_code(server: Server, client: FaaSClient) -> None:
 
 def test_a_rate_limited_key_gets_rate_limit_errors(server: Server) -> None:
     slow = FaaSClient(base_url=server.url, api_key=server.key("sdk-slow", "tiny"), max_retries=0)
-    slow.usage.current()
+    # A burst: the bucket (1 request, 1 a second) runs dry within a few calls.
     with pytest.raises(RateLimitError) as e429:
-        slow.usage.current()
+        for _ in range(5):
+            slow.usage.current()
     assert e429.value.status == 429 and e429.value.retry_after is not None
     # With retries, an idempotent request waits for the bucket and succeeds.
     patient = FaaSClient(base_url=server.url, api_key=slow.api_key, max_retries=3)
@@ -108,6 +114,10 @@ def test_instances_exec_files_ports_and_snapshots(client: FaaSClient) -> None:
         assert instance.ssh().command.startswith("ssh ")
 
         snapshot = instance.snapshot("sdk")
+        assert client.snapshots.get(snapshot.id).kind == "memory"
+        assert snapshot.id in [s.id for s in client.snapshots.list()]
+        with client.snapshots.restore(snapshot.id) as copy:
+            assert copy.exec("cat /home/user/notes.txt").stdout == "kept\n"
         branches = client.snapshots.branch(snapshot.id, 2)
         assert len(branches) == 2
         for branch in branches:

@@ -1,14 +1,15 @@
 /** `new FaaSClient({ baseUrl, apiKey })`: runs, instances, snapshots, contexts, pools, keys,
  * quotas and usage. Every method takes an optional `AbortSignal`. */
 
-import { FaaSError, NotFoundError } from "./errors.js";
-import { type ClientOptions, Transport, fromWire, toWire } from "./http.js";
+import { FaaSError, NotFoundError, streamError } from "./errors.js";
+import { type ClientOptions, Transport, fromWire, segment, toWire } from "./http.js";
 import type {
   Command,
   CreateInstanceOptions,
   CurrentUsage,
   ExecutionResult,
   FileEntry,
+  InstanceExecOptions,
   InstanceInfo,
   Json,
   Process,
@@ -28,23 +29,31 @@ function result(json: Json): ExecutionResult {
   return { ...r, branches: branches.map(result) };
 }
 
-function event(json: Json): StreamEvent {
+function event(json: Json): StreamEvent | undefined {
   switch (json.type) {
     case "exit":
       return { type: "exit", result: result(json) };
     case "error": {
       const error = (json.error ?? {}) as { code?: string; message?: string };
-      return { type: "error", code: error.code ?? "error", message: error.message ?? "" };
+      return { type: "error", code: error.code ?? "internal", message: error.message ?? "" };
     }
     case "stderr":
       return { type: "stderr", data: String(json.data ?? "") };
-    default:
+    case "stdout":
       return { type: "stdout", data: String(json.data ?? "") };
+    default:
+      // An event a newer server sends: skipped.
+      return undefined;
   }
 }
 
+function toProcess(json: Json): Process {
+  const p = fromWire(json) as Process;
+  return { ...p, result: json.result && typeof json.result === "object" ? result(json.result as Json) : null };
+}
+
 /** The body of a run: a command, or `code` + `language`. */
-function runBody(command: Command | undefined, options: RunOptions): Json {
+function runBody(command: Command | undefined, options: RunOptions | InstanceExecOptions): Json {
   if (command !== undefined && options.code !== undefined) {
     throw new TypeError("give a command or code, not both");
   }
@@ -54,12 +63,12 @@ function runBody(command: Command | undefined, options: RunOptions): Json {
   return toWire({ command, ...options });
 }
 
-async function follow(events: AsyncIterable<StreamEvent>, options: RunOptions): Promise<ExecutionResult> {
+async function follow(events: AsyncIterable<StreamEvent>, options: RunOptions | InstanceExecOptions): Promise<ExecutionResult> {
   for await (const e of events) {
     if (e.type === "stdout") options.onStdout?.(e.data);
     else if (e.type === "stderr") options.onStderr?.(e.data);
     else if (e.type === "exit") return e.result;
-    else throw new FaaSError(e.message, { code: e.code });
+    else throw streamError(e.code, e.message);
   }
   throw new FaaSError("the stream ended without a result", { code: "bad_stream" });
 }
@@ -123,7 +132,10 @@ export class FaaSClient {
 
   /** @internal */
   async *streamBody(path: string, body: Json, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
-    for await (const json of this.http.events(path, body, signal)) yield event(json);
+    for await (const json of this.http.events(path, body, signal)) {
+      const e = event(json);
+      if (e) yield e;
+    }
   }
 
   async health(options: Signal = {}): Promise<Json> {
@@ -135,7 +147,7 @@ class Executions {
   constructor(private readonly c: FaaSClient) {}
 
   async get(id: string, options: Signal = {}): Promise<ExecutionResult> {
-    return result(await this.c.http.json("GET", `/api/v1/executions/${id}`, options));
+    return result(await this.c.http.json("GET", `/api/v1/executions/${segment(id)}`, options));
   }
 }
 
@@ -206,7 +218,7 @@ export class Instance {
 
   /** @internal */
   path(suffix = ""): string {
-    return `/api/v1/instances/${this.id}${suffix}`;
+    return `/api/v1/instances/${segment(this.id)}${suffix}`;
   }
 
   private update(json: Json): this {
@@ -219,7 +231,7 @@ export class Instance {
   }
 
   /** Runs a command or code in the instance; files and processes persist. */
-  async exec(command: Command | RunOptions, options: RunOptions = {}): Promise<ExecutionResult> {
+  async exec(command: Command | InstanceExecOptions, options: InstanceExecOptions = {}): Promise<ExecutionResult> {
     const [cmd, opts] = typeof command === "string" || Array.isArray(command)
       ? [command, options]
       : [undefined, { ...command, ...options }];
@@ -231,29 +243,29 @@ export class Instance {
   }
 
   /** Starts a background process; it runs on between execs. */
-  async spawn(command: Command, options: RunOptions = {}): Promise<Process> {
+  async spawn(command: Command, options: InstanceExecOptions = {}): Promise<Process> {
     const body = { ...runBody(command, options), background: true };
-    return fromWire(await this.client.http.json("POST", this.path("/exec"), { json: body, signal: options.signal })) as Process;
+    return toProcess(await this.client.http.json("POST", this.path("/exec"), { json: body, signal: options.signal }));
   }
 
   async processes(options: Signal = {}): Promise<Process[]> {
     const answer = await this.client.http.json("GET", this.path("/processes"), options);
-    return fromWire(answer.processes ?? []) as Process[];
+    return ((answer.processes ?? []) as Json[]).map(toProcess);
   }
 
   /** Waits for a background process to end (or `timeoutMs`); its state then. */
   async wait(processId: string, options: { timeoutMs?: number } & Signal = {}): Promise<Process> {
-    const path = this.path(`/processes/${processId}/wait`);
+    const path = this.path(`/processes/${segment(processId)}/wait`);
     const answer = await this.client.http.json("POST", path, { query: { timeout_ms: options.timeoutMs }, signal: options.signal });
-    return fromWire(answer) as Process;
+    return toProcess(answer);
   }
 
   /** Signals a background process (SIGKILL unless `signal` names another). */
   async kill(processId: string, sig?: string | number, options: Signal = {}): Promise<Process> {
-    const path = this.path(`/processes/${processId}/kill`);
+    const path = this.path(`/processes/${segment(processId)}/kill`);
     // Sent as is: `signal` is also the name of the SDK's AbortSignal option.
     const body = sig === undefined ? {} : { signal: sig };
-    return fromWire(await this.client.http.json("POST", path, { json: body, ...options })) as Process;
+    return toProcess(await this.client.http.json("POST", path, { json: body, ...options }));
   }
 
   /** An interpreter inside the instance whose globals persist (run code in it with
@@ -267,7 +279,7 @@ export class Instance {
   }
 
   async deleteContext(contextId: string, options: Signal = {}): Promise<void> {
-    await this.client.http.request("DELETE", this.path(`/contexts/${contextId}`), options);
+    await this.client.http.request("DELETE", this.path(`/contexts/${segment(contextId)}`), options);
   }
 
   /** The URL of `port` inside the instance, through the API (send the API key). */
@@ -326,7 +338,7 @@ class Instances {
   }
 
   async get(id: string, options: Signal = {}): Promise<Instance> {
-    return new Instance(this.c, await this.c.http.json("GET", `/api/v1/instances/${id}`, options));
+    return new Instance(this.c, await this.c.http.json("GET", `/api/v1/instances/${segment(id)}`, options));
   }
 
   async list(options: { status?: string; metadata?: Record<string, string> } & Signal = {}): Promise<Instance[]> {
@@ -347,7 +359,7 @@ class Snapshots {
   }
 
   async get(id: string, options: Signal = {}): Promise<Snapshot> {
-    return withRaw<Snapshot>(await this.c.http.json("GET", `/api/v1/snapshots/${id}`, options));
+    return withRaw<Snapshot>(await this.c.http.json("GET", `/api/v1/snapshots/${segment(id)}`, options));
   }
 
   async list(options: Signal = {}): Promise<Snapshot[]> {
@@ -356,12 +368,12 @@ class Snapshots {
   }
 
   async delete(id: string, options: Signal = {}): Promise<void> {
-    await this.c.http.request("DELETE", `/api/v1/snapshots/${id}`, options);
+    await this.c.http.request("DELETE", `/api/v1/snapshots/${segment(id)}`, options);
   }
 
   /** A new running instance in the snapshot's state. */
   async restore(id: string, options: Signal = {}): Promise<Instance> {
-    return new Instance(this.c, await this.c.http.json("POST", `/api/v1/snapshots/${id}/restore`, { json: {}, ...options }));
+    return new Instance(this.c, await this.c.http.json("POST", `/api/v1/snapshots/${segment(id)}/restore`, { json: {}, ...options }));
   }
 
   /** `count` independent running instances from one snapshot, all or nothing. */
@@ -377,7 +389,7 @@ class Snapshots {
   }
 
   async tree(id: string, options: Signal = {}): Promise<Json> {
-    return fromWire(await this.c.http.json("GET", `/api/v1/snapshots/${id}/tree`, options)) as Json;
+    return fromWire(await this.c.http.json("GET", `/api/v1/snapshots/${segment(id)}/tree`, options)) as Json;
   }
 }
 
@@ -390,7 +402,7 @@ export class Context {
   }
 
   async delete(options: Signal = {}): Promise<void> {
-    await this.c.http.request("DELETE", `/api/v1/contexts/${this.id}`, options);
+    await this.c.http.request("DELETE", `/api/v1/contexts/${segment(this.id)}`, options);
   }
 }
 
@@ -435,7 +447,7 @@ class Keys {
   }
 
   async revoke(id: string, options: Signal = {}): Promise<void> {
-    await this.c.http.request("DELETE", `/api/v1/keys/${id}`, options);
+    await this.c.http.request("DELETE", `/api/v1/keys/${segment(id)}`, options);
   }
 }
 
@@ -452,7 +464,7 @@ class Quotas {
     quotas: { maxConcurrentSandboxes?: number; maxInstances?: number; maxMemoryMb?: number; maxSnapshotStorageMb?: number; monthlySpendCapMicros?: number },
     options: Signal = {},
   ): Promise<Json> {
-    return fromWire(await this.c.http.json("PUT", `/api/v1/tenants/${tenant}/quotas`, { json: toWire(quotas), ...options })) as Json;
+    return fromWire(await this.c.http.json("PUT", `/api/v1/tenants/${segment(tenant)}/quotas`, { json: toWire(quotas), ...options })) as Json;
   }
 }
 

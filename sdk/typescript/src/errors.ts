@@ -74,3 +74,29 @@ export function errorFor(
       : (BY_STATUS[status] ?? (status >= 500 ? ServerError : FaaSError));
   return new Kind(message, { status, code, requestId, retryAfter });
 }
+
+/** The status each error code is answered with, for errors met inside a stream (where
+ * the HTTP status was already 200). */
+const STATUS_OF_CODE: Record<string, number> = {
+  bad_request: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  invalid_request: 422,
+  invalid_value: 422,
+  rate_limited: 429,
+  internal: 500,
+  sandbox_failed: 500,
+  checkpoint_failed: 500,
+  unsupported: 501,
+  bad_gateway: 502,
+  overloaded: 503,
+  disk_full: 507,
+};
+
+/** The error for an `error` event of a stream: as if it had been the answer. */
+export function streamError(code: string, message: string): FaaSError {
+  return errorFor(STATUS_OF_CODE[code] ?? 500, code, message);
+}

@@ -48,14 +48,23 @@ export function fromWire(value: unknown): unknown {
   return out;
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
       clearTimeout(timer);
-      reject(signal.reason);
-    });
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** A path segment (an id, a tenant) percent-encoded: never read as `/` or `..`. */
+export const segment = (value: string) => encodeURIComponent(value);
 
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -68,7 +77,8 @@ export interface RequestOptions {
 
 export class Transport {
   readonly baseUrl: string;
-  readonly apiKey: string | undefined;
+  /** Private: never printed with the client. */
+  readonly #apiKey: string | undefined;
   private readonly timeoutMs: number;
   private readonly maxRetries: number;
   private readonly fetchImpl: typeof fetch;
@@ -77,7 +87,7 @@ export class Transport {
     const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process
       ?.env;
     this.baseUrl = (options.baseUrl ?? env?.FAAS_URL ?? "http://127.0.0.1:8080").replace(/\/+$/, "");
-    this.apiKey = options.apiKey ?? env?.FAAS_API_KEY;
+    this.#apiKey = options.apiKey ?? env?.FAAS_API_KEY;
     this.timeoutMs = options.timeoutMs ?? 330_000;
     this.maxRetries = options.maxRetries ?? 2;
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -94,21 +104,25 @@ export class Transport {
   /** Sends a request; answers the response, or throws the error it carries. */
   async request(method: string, path: string, options: RequestOptions = {}): Promise<Response> {
     const headers: Record<string, string> = { accept: "application/json" };
-    if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
+    if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
     let body = options.body;
     if (options.json !== undefined) {
       headers["content-type"] = "application/json";
       body = JSON.stringify(options.json);
     }
     for (let attempt = 0; ; attempt++) {
-      const signals = [options.signal].filter((s): s is AbortSignal => s !== undefined);
-      if (!options.stream) signals.push(AbortSignal.timeout(this.timeoutMs));
+      const timeout = options.stream ? undefined : AbortSignal.timeout(this.timeoutMs);
+      const signals = [options.signal, timeout].filter((s): s is AbortSignal => s !== undefined);
       const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
       let response: Response;
       try {
         response = await this.fetchImpl(this.url(path, options.query), { method, headers, body, signal });
       } catch (e) {
         if (options.signal?.aborted) throw e;
+        // A timeout is never retried: the caller's time is spent.
+        if (timeout?.aborted) {
+          throw new ConnectionError(`${method} ${path}: timed out`, { code: "timeout" });
+        }
         if (this.retries(method, attempt, undefined)) {
           await sleep(backoff(attempt, undefined), options.signal);
           continue;
@@ -120,6 +134,8 @@ export class Transport {
         await sleep(backoff(attempt, retryAfter(response)), options.signal);
         continue;
       }
+      // A DELETE sent again that finds nothing: the first one did it (its answer was lost).
+      if (method === "DELETE" && attempt > 0 && response.status === 404) return response;
       if (response.status >= 400) throw await errorOf(response);
       return response;
     }

@@ -35,6 +35,20 @@ export interface RunOptions {
   signal?: AbortSignal;
 }
 
+/** Options of a run inside an instance (its image and limits are the instance's). */
+export interface InstanceExecOptions {
+  code?: string;
+  language?: string;
+  stdin?: string;
+  env?: Record<string, string>;
+  timeoutMs?: number;
+  workdir?: string;
+  contextId?: string;
+  onStdout?: (data: string) => void;
+  onStderr?: (data: string) => void;
+  signal?: AbortSignal;
+}
+
 export interface Usage {
   cpuMs: number;
   peakMemoryBytes: number;
@@ -55,7 +69,7 @@ export interface ExecutionResult {
   mode: string;
   image: string;
   createdAtMs: number;
-  snapshotId?: string;
+  snapshotId?: string | null;
   branches: ExecutionResult[];
   raw: Json;
 }
@@ -68,8 +82,8 @@ export interface InstanceInfo {
   env: Record<string, string>;
   metadata: Record<string, string>;
   createdAtMs: number;
-  snapshotId?: string;
-  error?: string;
+  snapshotId?: string | null;
+  error?: string | null;
   raw: Json;
 }
 
@@ -92,17 +106,19 @@ export interface Process {
   argv: string[];
   status: string;
   startedAtMs: number;
-  result?: ExecutionResult;
+  /** Once it ended. */
+  result?: ExecutionResult | null;
 }
 
 export interface Snapshot {
   id: string;
   kind: "memory" | "filesystem" | string;
   instanceId: string;
-  name?: string;
-  parentId?: string;
+  name?: string | null;
+  parentId?: string | null;
   sizeBytes: number;
-  storedBytes?: number;
+  /** Set moments after capture, once the snapshot is in the blob store. */
+  storedBytes?: number | null;
   createdAtMs: number;
   metadata: Record<string, string>;
   raw: Json;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { inspect } from "node:util";
 
 import {
   AuthenticationError,
@@ -16,10 +17,12 @@ const skip = isRoot() ? false : "the SDK tests start a real server: they need ro
 describe("FaaSClient against a real server", { skip }, () => {
   let server: TestServer;
   let client: FaaSClient;
+  let key: string;
 
   before(async () => {
     server = await startServer();
-    client = new FaaSClient({ baseUrl: server.url, apiKey: await server.key("ts-tests") });
+    key = await server.key("ts-tests");
+    client = new FaaSClient({ baseUrl: server.url, apiKey: key });
   });
   after(async () => server?.stop());
 
@@ -50,6 +53,8 @@ describe("FaaSClient against a real server", { skip }, () => {
     assert.equal(result.exitCode, 0);
     const types: string[] = [];
     let text = "";
+    const odd = await client.execute({ code: "print('a\\u2028b\\u2029c')", language: "python", onStdout: () => {} });
+    assert.equal(odd.stdout, "a\u2028b\u2029c\n");
     for await (const event of client.stream({ code: "print('hi')", language: "python" })) {
       types.push(event.type);
       if (event.type === "stdout") text += event.data;
@@ -84,14 +89,20 @@ describe("FaaSClient against a real server", { skip }, () => {
       return true;
     });
     const slow = new FaaSClient({ baseUrl: server.url, apiKey: await server.key("ts-slow", "tiny"), maxRetries: 0 });
-    await slow.usage.current();
-    await assert.rejects(slow.usage.current(), (e: unknown) => {
+    // A burst: the bucket (1 request, 1 a second) runs dry within a few calls.
+    const burst = async () => {
+      for (let i = 0; i < 5; i++) await slow.usage.current();
+    };
+    await assert.rejects(burst(), (e: unknown) => {
       assert.ok(e instanceof RateLimitError);
       assert.equal(e.status, 429);
       assert.ok(e.retryAfter !== undefined);
       return true;
     });
     assert.throws(() => client.stream({}), TypeError);
+    // An error inside a stream is the same error class as an answer.
+    await assert.rejects(client.execute("true", { network: true, onStdout: () => {} }), NotSupportedError);
+    assert.ok(!inspect(client, { depth: 6 }).includes(key), "the key never shows in a printed client");
   });
 
   test("instances: exec, files, ports, ssh, processes, snapshots and branches", async () => {
@@ -110,7 +121,7 @@ describe("FaaSClient against a real server", { skip }, () => {
       let body = "";
       for (let i = 0; i < 100 && body !== "<p>hi</p>"; i++) {
         const r = await fetch(instance.portUrl(8000, "index.html"), {
-          headers: { authorization: `Bearer ${client.http.apiKey}` },
+          headers: { authorization: `Bearer ${key}` },
         });
         body = r.status === 200 ? await r.text() : "";
         if (!body) await new Promise((ok) => setTimeout(ok, 100));
@@ -125,6 +136,12 @@ describe("FaaSClient against a real server", { skip }, () => {
       await instance.unexpose(8000);
 
       const snapshot = await instance.snapshot({ name: "ts" });
+      assert.equal((await client.snapshots.get(snapshot.id)).kind, "memory");
+      assert.ok((await client.snapshots.list()).some((s) => s.id === snapshot.id));
+      const copy = await client.snapshots.restore(snapshot.id);
+      assert.equal((await copy.exec("cat /home/user/notes.txt")).stdout, "kept\n");
+      await copy.delete();
+      assert.ok(Array.isArray((await client.snapshots.tree(snapshot.id)).instances));
       const branches = await client.snapshots.branch(snapshot.id, 2);
       assert.equal(branches.length, 2);
       for (const branch of branches) {
@@ -165,6 +182,7 @@ describe("FaaSClient against a real server", { skip }, () => {
 
   test("contexts, pools, keys, quotas and usage", async () => {
     const context = await client.contexts.create("python");
+    assert.ok((await client.contexts.list()).some((c) => c.id === context.id));
     await context.run("total = 40");
     assert.equal((await context.run("print(total + 2)")).stdout, "42\n");
     await context.delete();
@@ -172,13 +190,17 @@ describe("FaaSClient against a real server", { skip }, () => {
     assert.ok((pool.target as number) >= 1);
     const admin = new FaaSClient({ baseUrl: server.url, apiKey: ADMIN_KEY });
     const created = await admin.keys.create("ts-quota");
+    assert.ok((await admin.keys.list("ts-quota")).some((k) => k.id === created.id));
     const status = await admin.quotas.set("ts-quota", { maxInstances: 0 });
+    const tenant = new FaaSClient({ baseUrl: server.url, apiKey: String(created.key) });
+    assert.equal((await tenant.quotas.get()).tenant, "ts-quota");
     assert.equal((status.quotas as { maxInstances: number }).maxInstances, 0);
     await admin.keys.revoke(String(created.id));
     const usage = await client.usage.current();
     assert.equal(usage.tenant, "ts-tests");
     assert.ok(usage.usage.records >= 1);
     assert.equal(usage.month.length, 7);
+    assert.ok("total" in (await client.usage.report({ groupBy: "mode" })));
     assert.ok(((await client.usage.records({ limit: 1 })).records as unknown[]).length === 1);
   });
 });

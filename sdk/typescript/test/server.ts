@@ -1,7 +1,7 @@
 /** A real faas server for the tests (root needed), started once per test file. */
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -37,6 +37,8 @@ export async function startServer(): Promise<TestServer> {
     env: { ...process.env, FAAS_API_KEY: ADMIN_KEY },
     stdio: ["ignore", "pipe", "inherit"],
   });
+  // However the test process ends, the server ends with it.
+  process.on("exit", () => child.kill("SIGKILL"));
   const url = await new Promise<string>((ok, fail) => {
     const timer = setTimeout(() => fail(new Error("the server did not start in 30 s")), 30_000);
     createInterface({ input: child.stdout! }).on("line", (line) => {
@@ -60,9 +62,12 @@ export async function startServer(): Promise<TestServer> {
       return ((await r.json()) as { key: string }).key;
     },
     async stop() {
-      const exited = new Promise((ok) => child.on("exit", ok));
-      child.kill("SIGTERM");
-      await exited;
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((ok) => child.on("exit", ok));
+        child.kill("SIGTERM");
+        await exited;
+      }
+      rmSync(base, { recursive: true, force: true });
     },
   };
 }

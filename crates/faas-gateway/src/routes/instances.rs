@@ -398,7 +398,7 @@ async fn feed_body(body: Body, limit: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<
     operation_id = "write_file",
     tag = "files",
     params(("id" = String, Path, description = "Instance id"), PathQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
     responses((status = 200, description = "Written", body = Written))
 )]
 pub async fn write_file(
@@ -423,7 +423,7 @@ pub async fn write_file(
     operation_id = "write_archive",
     tag = "files",
     params(("id" = String, Path, description = "Instance id"), PathQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/x-tar"),
     responses((status = 200, description = "Extracted", body = Written))
 )]
 pub async fn write_archive(

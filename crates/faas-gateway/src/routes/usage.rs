@@ -20,11 +20,23 @@ pub struct UsageQuery {
     from: Option<String>,
     /// As `from`, exclusive; default: the start of the next month.
     to: Option<String>,
+    /// `day`, `mode` or `image`; without it, the total only.
     group_by: Option<String>,
+    /// Another tenant's (admin keys).
     tenant: Option<String>,
-    /// Records only: how many (default 100, at most 1000).
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsQuery {
+    /// As for `/usage`.
+    from: Option<String>,
+    to: Option<String>,
+    tenant: Option<String>,
+    /// How many (default 100, at most 1000).
     limit: Option<usize>,
-    /// Records only: the id of the last record of the previous page.
+    /// The id of the last record of the previous page.
     after: Option<String>,
 }
 
@@ -50,9 +62,9 @@ fn bad_moment(field: &str) -> ApiError {
     ))
 }
 
-fn range(query: &UsageQuery) -> Result<(u64, u64), ApiError> {
+fn range(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
     let (start, end) = faas_store::billing::month_bounds(crate::auth::now_ms());
-    Ok((moment("from", query.from.as_deref(), start)?, moment("to", query.to.as_deref(), end)?))
+    Ok((moment("from", from, start)?, moment("to", to, end)?))
 }
 
 #[utoipa::path(
@@ -69,7 +81,7 @@ pub async fn report(
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let tenant = caller.tenant_or(query.tenant.clone())?;
-    let (from, to) = range(&query)?;
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref())?;
     Ok(Json(state.engine.usage_report(&tenant, from, to, query.group_by.as_deref()).await?))
 }
 
@@ -78,13 +90,13 @@ pub async fn report(
     path = "/api/v1/usage/current",
     operation_id = "usage_current",
     tag = "usage",
-    params(UsageQuery),
+    params(TenantQuery),
     responses((status = 200, description = "This month so far", body = faas_api::CurrentUsage))
 )]
 pub async fn current(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<UsageQuery>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<CurrentUsage>, ApiError> {
     let tenant = caller.tenant_or(query.tenant)?;
     Ok(Json(state.engine.usage_current(&tenant).await?))
@@ -95,16 +107,16 @@ pub async fn current(
     path = "/api/v1/usage/records",
     operation_id = "usage_records",
     tag = "usage",
-    params(UsageQuery),
+    params(RecordsQuery),
     responses((status = 200, description = "Single charges", body = faas_api::UsageRecordList))
 )]
 pub async fn records(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<UsageQuery>,
+    ApiQuery(query): ApiQuery<RecordsQuery>,
 ) -> Result<Json<UsageRecordList>, ApiError> {
     let tenant = caller.tenant_or(query.tenant.clone())?;
-    let (from, to) = range(&query)?;
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref())?;
     let limit = query.limit.unwrap_or(100);
     let after = query.after.as_deref();
     Ok(Json(state.engine.usage_records(&tenant, from, to, after, limit).await?))

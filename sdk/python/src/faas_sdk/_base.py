@@ -8,6 +8,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import httpx
+from urllib.parse import quote
 
 from .errors import FaaSError, error_for
 
@@ -90,10 +91,15 @@ def raise_for(response: httpx.Response) -> None:
 
 def should_retry(method: str, attempt: int, max_retries: int, status: Optional[int]) -> bool:
     """Whether to send the request again: idempotent ones only, on a broken connection
-    (`status` None) or a transient answer."""
+    (`status` None; never a timeout: the caller's time is spent) or a transient answer."""
     if attempt >= max_retries or method.upper() not in IDEMPOTENT:
         return False
     return status is None or status in RETRY_STATUSES
+
+
+def retried_delete_done(method: str, attempt: int, status: int) -> bool:
+    """A DELETE sent again answered 404: the first one did it (its answer was lost)."""
+    return method.upper() == "DELETE" and attempt > 0 and status == 404
 
 
 def backoff(attempt: int, after: Optional[float]) -> float:
@@ -101,6 +107,52 @@ def backoff(attempt: int, after: Optional[float]) -> float:
     if after is not None:
         return min(max(after, 0.0), 30.0)
     return float(min(0.25 * (2**attempt), 4.0))
+
+
+def segment(path: str) -> str:
+    """A path segment (an id, a tenant) percent-encoded: never read as `/` or `..`."""
+    return quote(path, safe="")
+
+
+def sse_lines(chunks: Iterable[str]) -> Iterable[str]:
+    """Lines of a Server-Sent Events stream, split on line feeds only (JSON may carry
+    U+2028 and friends unescaped, which str.splitlines would split on)."""
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            yield line[:-1] if line.endswith("\r") else line
+    if buffer:
+        yield buffer
+
+
+class SseParser:
+    """Feeds text chunks, answers the JSON objects of complete events."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.data: List[str] = []
+
+    def feed(self, chunk: str) -> List[Dict[str, Any]]:
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split("\n")
+        return [e for line in lines for e in self._line(line[:-1] if line.endswith("\r") else line)]
+
+    def close(self) -> List[Dict[str, Any]]:
+        events = self._line(self.buffer) if self.buffer else []
+        self.buffer = ""
+        return events + self._line("")
+
+    def _line(self, line: str) -> List[Dict[str, Any]]:
+        if line == "":
+            if not self.data:
+                return []
+            text, self.data = "\n".join(self.data), []
+            return [parse_event(text)]
+        if line.startswith("data:"):
+            self.data.append(line[6:] if line.startswith("data: ") else line[5:])
+        return []
 
 
 def sse_data(lines: Iterable[str]) -> Iterable[Dict[str, Any]]:

@@ -11,7 +11,7 @@ import httpx
 
 from . import _base
 from ._base import Command
-from .errors import ConnectionError, FaaSError, NotFoundError
+from .errors import ConnectionError, FaaSError, NotFoundError, stream_error
 from .models import (
     CurrentUsage,
     ExecutionResult,
@@ -82,6 +82,8 @@ class AsyncFaaSClient:
                     method, self.base_url + path, params=params, json=json, content=content,
                     headers=self._headers,
                 )
+            except httpx.TimeoutException as e:
+                raise ConnectionError(f"{method} {path}: timed out", code="timeout") from e
             except httpx.TransportError as e:
                 if _base.should_retry(method, attempt, self.max_retries, None):
                     await asyncio.sleep(_base.backoff(attempt, None))
@@ -94,6 +96,8 @@ class AsyncFaaSClient:
                 await asyncio.sleep(_base.backoff(attempt, _base.retry_after(response)))
                 attempt += 1
                 continue
+            if _base.retried_delete_done(method, attempt, response.status_code):
+                return response
             _base.raise_for(response)
             return response
 
@@ -111,15 +115,11 @@ class AsyncFaaSClient:
                 if response.status_code >= 400:
                     await response.aread()
                     _base.raise_for(response)
-                lines: List[str] = []
-                async for line in response.aiter_lines():
-                    if line == "":
-                        for event in _base.sse_data(lines + [""]):
-                            yield StreamEvent.from_json(event)
-                        lines = []
-                    else:
-                        lines.append(line)
-                for event in _base.sse_data(lines):
+                parser = _base.SseParser()
+                async for chunk in response.aiter_text():
+                    for event in parser.feed(chunk):
+                        yield StreamEvent.from_json(event)
+                for event in parser.close():
                     yield StreamEvent.from_json(event)
         except httpx.TransportError as e:
             raise ConnectionError(f"POST {path}: {e}", code="connection") from e
@@ -169,7 +169,7 @@ async def _follow(
         elif event.type == "exit" and event.result is not None:
             return event.result
         elif event.type == "error":
-            raise FaaSError(event.data, code=event.error_code or "error")
+            raise stream_error(event.error_code or "internal", event.data)
     raise FaaSError("the stream ended without a result", code="bad_stream")
 
 
@@ -222,7 +222,7 @@ class AsyncInstance:
         return self.info.status
 
     def _path(self, suffix: str = "") -> str:
-        return f"/api/v1/instances/{self.id}{suffix}"
+        return f"/api/v1/instances/{_base.segment(self.id)}{suffix}"
 
     def _update(self, answer: Json) -> "AsyncInstance":
         self.info = InstanceInfo.from_json(answer)
@@ -255,11 +255,11 @@ class AsyncInstance:
         return [Process.from_json(p) for p in items] if isinstance(items, list) else []
 
     async def wait(self, process_id: str, timeout_ms: Optional[int] = None) -> Process:
-        path = self._path(f"/processes/{process_id}/wait")
+        path = self._path(f"/processes/{_base.segment(process_id)}/wait")
         return Process.from_json(await self._client._json("POST", path, params=_base.body(timeout_ms=timeout_ms)))
 
     async def kill(self, process_id: str, signal: "str | int | None" = None) -> Process:
-        path = self._path(f"/processes/{process_id}/kill")
+        path = self._path(f"/processes/{_base.segment(process_id)}/kill")
         return Process.from_json(await self._client._json("POST", path, json=_base.body(signal=signal)))
 
     async def create_context(self, language: str = "python", **options: Any) -> Json:
@@ -271,7 +271,7 @@ class AsyncInstance:
         return [c for c in items if isinstance(c, dict)] if isinstance(items, list) else []
 
     async def delete_context(self, context_id: str) -> None:
-        await self._client._request("DELETE", self._path(f"/contexts/{context_id}"))
+        await self._client._request("DELETE", self._path(f"/contexts/{_base.segment(context_id)}"))
 
     def port_url(self, port: int, path: str = "") -> str:
         return f"{self._client.base_url}{self._path(f'/ports/{port}/')}{path.lstrip('/')}"
@@ -328,7 +328,7 @@ class AsyncInstances:
         return AsyncInstance(self._c, InstanceInfo.from_json(answer))
 
     async def get(self, instance_id: str) -> AsyncInstance:
-        answer = await self._c._json("GET", f"/api/v1/instances/{instance_id}")
+        answer = await self._c._json("GET", f"/api/v1/instances/{_base.segment(instance_id)}")
         return AsyncInstance(self._c, InstanceInfo.from_json(answer))
 
     async def list(
@@ -354,7 +354,7 @@ class AsyncSnapshots:
         return [Snapshot.from_json(s) for s in items] if isinstance(items, list) else []
 
     async def tree(self, snapshot_id: str) -> Json:
-        return await self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}/tree")
+        return await self._c._json("GET", f"/api/v1/snapshots/{_base.segment(snapshot_id)}/tree")
 
     async def merge(
         self, base_snapshot_id: str, instance_ids: List[str], *, name: Optional[str] = None
@@ -363,13 +363,13 @@ class AsyncSnapshots:
         return await self._c._json("POST", "/api/v1/branches/merge", json=payload)
 
     async def get(self, snapshot_id: str) -> Snapshot:
-        return Snapshot.from_json(await self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}"))
+        return Snapshot.from_json(await self._c._json("GET", f"/api/v1/snapshots/{_base.segment(snapshot_id)}"))
 
     async def delete(self, snapshot_id: str) -> None:
-        await self._c._request("DELETE", f"/api/v1/snapshots/{snapshot_id}")
+        await self._c._request("DELETE", f"/api/v1/snapshots/{_base.segment(snapshot_id)}")
 
     async def restore(self, snapshot_id: str) -> AsyncInstance:
-        answer = await self._c._json("POST", f"/api/v1/snapshots/{snapshot_id}/restore", json={})
+        answer = await self._c._json("POST", f"/api/v1/snapshots/{_base.segment(snapshot_id)}/restore", json={})
         return AsyncInstance(self._c, InstanceInfo.from_json(answer))
 
     async def branch(self, snapshot_id: str, count: int) -> List[AsyncInstance]:
@@ -407,7 +407,7 @@ class AsyncExecutions:
         self._c = client
 
     async def get(self, execution_id: str) -> ExecutionResult:
-        return ExecutionResult.from_json(await self._c._json("GET", f"/api/v1/executions/{execution_id}"))
+        return ExecutionResult.from_json(await self._c._json("GET", f"/api/v1/executions/{_base.segment(execution_id)}"))
 
 
 class AsyncContext:
@@ -429,7 +429,7 @@ class AsyncContext:
         return await self._client.execute(code=code, language=self.language, context_id=self.id, **options)
 
     async def delete(self) -> None:
-        await self._client._request("DELETE", f"/api/v1/contexts/{self.id}")
+        await self._client._request("DELETE", f"/api/v1/contexts/{_base.segment(self.id)}")
 
 
 class AsyncContexts:
@@ -441,7 +441,7 @@ class AsyncContexts:
         return AsyncContext(self._c, await self._c._json("POST", "/api/v1/contexts", json=payload))
 
     async def get(self, context_id: str) -> AsyncContext:
-        return AsyncContext(self._c, await self._c._json("GET", f"/api/v1/contexts/{context_id}"))
+        return AsyncContext(self._c, await self._c._json("GET", f"/api/v1/contexts/{_base.segment(context_id)}"))
 
     async def list(self) -> List[AsyncContext]:
         items = (await self._c._json("GET", "/api/v1/contexts")).get("contexts")
@@ -476,7 +476,7 @@ class AsyncKeys:
         return [k for k in items if isinstance(k, dict)] if isinstance(items, list) else []
 
     async def revoke(self, key_id: str) -> None:
-        await self._c._request("DELETE", f"/api/v1/keys/{key_id}")
+        await self._c._request("DELETE", f"/api/v1/keys/{_base.segment(key_id)}")
 
 
 class AsyncQuotas:
@@ -487,4 +487,4 @@ class AsyncQuotas:
         return await self._c._json("GET", "/api/v1/quotas", params=_base.body(tenant=tenant))
 
     async def set(self, tenant: str, **quotas: int) -> Json:
-        return await self._c._json("PUT", f"/api/v1/tenants/{tenant}/quotas", json=quotas)
+        return await self._c._json("PUT", f"/api/v1/tenants/{_base.segment(tenant)}/quotas", json=quotas)

@@ -10,7 +10,7 @@ import httpx
 
 from . import _base
 from ._base import Command
-from .errors import ConnectionError, FaaSError, NotFoundError
+from .errors import ConnectionError, FaaSError, NotFoundError, stream_error
 from .models import (
     CurrentUsage,
     ExecutionResult,
@@ -91,6 +91,8 @@ class FaaSClient:
                     content=content,
                     headers=self._headers,
                 )
+            except httpx.TimeoutException as e:
+                raise ConnectionError(f"{method} {path}: timed out", code="timeout") from e
             except httpx.TransportError as e:
                 if _base.should_retry(method, attempt, self.max_retries, None):
                     time.sleep(_base.backoff(attempt, None))
@@ -103,6 +105,8 @@ class FaaSClient:
                 time.sleep(_base.backoff(attempt, _base.retry_after(response)))
                 attempt += 1
                 continue
+            if _base.retried_delete_done(method, attempt, response.status_code):
+                return response
             _base.raise_for(response)
             return response
 
@@ -120,7 +124,7 @@ class FaaSClient:
                 if response.status_code >= 400:
                     response.read()
                     _base.raise_for(response)
-                for event in _base.sse_data(response.iter_lines()):
+                for event in _base.sse_data(_base.sse_lines(response.iter_text())):
                     yield StreamEvent.from_json(event)
         except httpx.TransportError as e:
             raise ConnectionError(f"POST {path}: {e}", code="connection") from e
@@ -202,7 +206,7 @@ def _follow(
         elif event.type == "exit" and event.result is not None:
             return event.result
         elif event.type == "error":
-            raise FaaSError(event.data, code=event.error_code or "error")
+            raise stream_error(event.error_code or "internal", event.data)
     raise FaaSError("the stream ended without a result", code="bad_stream")
 
 
@@ -212,7 +216,7 @@ class Executions:
 
     def get(self, execution_id: str) -> ExecutionResult:
         """A stored run record of the caller's tenant."""
-        return ExecutionResult.from_json(self._c._json("GET", f"/api/v1/executions/{execution_id}"))
+        return ExecutionResult.from_json(self._c._json("GET", f"/api/v1/executions/{_base.segment(execution_id)}"))
 
 
 class Files:
@@ -272,7 +276,7 @@ class Instance:
         return f"Instance(id={self.id!r}, status={self.status!r})"
 
     def _path(self, suffix: str = "") -> str:
-        return f"/api/v1/instances/{self.id}{suffix}"
+        return f"/api/v1/instances/{_base.segment(self.id)}{suffix}"
 
     def _update(self, answer: Json) -> "Instance":
         self.info = InstanceInfo.from_json(answer)
@@ -310,12 +314,12 @@ class Instance:
     def wait(self, process_id: str, timeout_ms: Optional[int] = None) -> Process:
         """Waits for a background process to end (or the timeout); its state then."""
         params = _base.body(timeout_ms=timeout_ms)
-        path = self._path(f"/processes/{process_id}/wait")
+        path = self._path(f"/processes/{_base.segment(process_id)}/wait")
         return Process.from_json(self._client._json("POST", path, params=params))
 
     def kill(self, process_id: str, signal: "str | int | None" = None) -> Process:
         """Signals a background process (SIGKILL unless `signal` names another)."""
-        path = self._path(f"/processes/{process_id}/kill")
+        path = self._path(f"/processes/{_base.segment(process_id)}/kill")
         return Process.from_json(self._client._json("POST", path, json=_base.body(signal=signal)))
 
     def create_context(self, language: str = "python", **options: Any) -> Json:
@@ -329,7 +333,7 @@ class Instance:
         return [c for c in items if isinstance(c, dict)] if isinstance(items, list) else []
 
     def delete_context(self, context_id: str) -> None:
-        self._client._request("DELETE", self._path(f"/contexts/{context_id}"))
+        self._client._request("DELETE", self._path(f"/contexts/{_base.segment(context_id)}"))
 
     def port_url(self, port: int, path: str = "") -> str:
         """The URL of `port` inside the instance, through the API (send the API key)."""
@@ -406,7 +410,7 @@ class Instances:
         return Instance(self._c, InstanceInfo.from_json(self._c._json("POST", "/api/v1/instances", json=payload)))
 
     def get(self, instance_id: str) -> Instance:
-        return Instance(self._c, InstanceInfo.from_json(self._c._json("GET", f"/api/v1/instances/{instance_id}")))
+        return Instance(self._c, InstanceInfo.from_json(self._c._json("GET", f"/api/v1/instances/{_base.segment(instance_id)}")))
 
     def list(self, *, status: Optional[str] = None, metadata: Optional[Dict[str, str]] = None) -> List[Instance]:
         params: Dict[str, str] = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
@@ -426,25 +430,25 @@ class Snapshots:
         return Snapshot.from_json(self._c._json("POST", "/api/v1/snapshots", json=payload))
 
     def get(self, snapshot_id: str) -> Snapshot:
-        return Snapshot.from_json(self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}"))
+        return Snapshot.from_json(self._c._json("GET", f"/api/v1/snapshots/{_base.segment(snapshot_id)}"))
 
     def list(self) -> List[Snapshot]:
         items = self._c._json("GET", "/api/v1/snapshots").get("snapshots")
         return [Snapshot.from_json(s) for s in items] if isinstance(items, list) else []
 
     def delete(self, snapshot_id: str) -> None:
-        self._c._request("DELETE", f"/api/v1/snapshots/{snapshot_id}")
+        self._c._request("DELETE", f"/api/v1/snapshots/{_base.segment(snapshot_id)}")
 
     def restore(self, snapshot_id: str, *, metadata: Optional[Dict[str, str]] = None) -> Instance:
         """A new running instance in the snapshot's state."""
         answer = self._c._json(
-            "POST", f"/api/v1/snapshots/{snapshot_id}/restore", json=_base.body(metadata=metadata)
+            "POST", f"/api/v1/snapshots/{_base.segment(snapshot_id)}/restore", json=_base.body(metadata=metadata)
         )
         return Instance(self._c, InstanceInfo.from_json(answer))
 
     def tree(self, snapshot_id: str) -> Json:
         """The lineage below a snapshot: instances restored from it, their snapshots, ..."""
-        return self._c._json("GET", f"/api/v1/snapshots/{snapshot_id}/tree")
+        return self._c._json("GET", f"/api/v1/snapshots/{_base.segment(snapshot_id)}/tree")
 
     def merge(
         self, base_snapshot_id: str, instance_ids: List[str], *, name: Optional[str] = None
@@ -508,7 +512,7 @@ class Context:
         return self._client.execute(code=code, language=self.language, context_id=self.id, **options)
 
     def delete(self) -> None:
-        self._client._request("DELETE", f"/api/v1/contexts/{self.id}")
+        self._client._request("DELETE", f"/api/v1/contexts/{_base.segment(self.id)}")
 
 
 class Contexts:
@@ -521,7 +525,7 @@ class Contexts:
         return Context(self._c, self._c._json("POST", "/api/v1/contexts", json=payload))
 
     def get(self, context_id: str) -> Context:
-        return Context(self._c, self._c._json("GET", f"/api/v1/contexts/{context_id}"))
+        return Context(self._c, self._c._json("GET", f"/api/v1/contexts/{_base.segment(context_id)}"))
 
     def list(self) -> List[Context]:
         items = self._c._json("GET", "/api/v1/contexts").get("contexts")
@@ -560,7 +564,7 @@ class Keys:
         return [k for k in items if isinstance(k, dict)] if isinstance(items, list) else []
 
     def revoke(self, key_id: str) -> None:
-        self._c._request("DELETE", f"/api/v1/keys/{key_id}")
+        self._c._request("DELETE", f"/api/v1/keys/{_base.segment(key_id)}")
 
 
 class Quotas:
@@ -575,4 +579,4 @@ class Quotas:
         """Replaces a tenant's quota overrides (admin): `max_concurrent_sandboxes`,
         `max_instances`, `max_memory_mb`, `max_snapshot_storage_mb`,
         `monthly_spend_cap_micros`; left out: the server's default."""
-        return self._c._json("PUT", f"/api/v1/tenants/{tenant}/quotas", json=quotas)
+        return self._c._json("PUT", f"/api/v1/tenants/{_base.segment(tenant)}/quotas", json=quotas)

@@ -95,6 +95,33 @@ _BY_STATUS: dict[int, type[FaaSError]] = {
 }
 
 
+#: The status each error code is answered with, for errors met inside a stream (where
+#: the HTTP status was already 200).
+STATUS_OF_CODE: dict[str, int] = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "invalid_request": 422,
+    "invalid_value": 422,
+    "rate_limited": 429,
+    "internal": 500,
+    "sandbox_failed": 500,
+    "checkpoint_failed": 500,
+    "unsupported": 501,
+    "bad_gateway": 502,
+    "overloaded": 503,
+    "disk_full": 507,
+}
+
+
+def stream_error(code: str, message: str) -> FaaSError:
+    """The exception for an `error` event of a stream: as if it had been the answer."""
+    return error_for(STATUS_OF_CODE.get(code, 500), code, message)
+
+
 def error_for(
     status: int,
     code: str,
