@@ -279,3 +279,54 @@ async fn graceful_shutdown_kills_running_sandboxes() {
     let body: Value = reply.json().await.expect("json");
     assert_eq!(body["status"], "signaled");
 }
+
+#[tokio::test]
+async fn configured_origins_may_call_the_api_from_a_browser() {
+    require_root!();
+    let server = Server::start_with("cors_origins = [\"http://app.example\"]\n").await;
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{}/api/v1/execute", server.url))
+        .header("origin", "http://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase()
+    };
+    assert_eq!(allowed(&preflight, "access-control-allow-origin"), "http://app.example");
+    assert!(allowed(&preflight, "access-control-allow-headers").contains("authorization"));
+    let answer = http
+        .get(format!("{}/api/v1/usage/current", server.url))
+        .header("origin", "http://app.example")
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(allowed(&answer, "access-control-allow-origin"), "http://app.example");
+    let exposed = allowed(&answer, "access-control-expose-headers");
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("x-ratelimit-remaining"),
+        "{exposed}"
+    );
+    let stranger = http
+        .get(format!("{}/health", server.url))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(stranger.headers().get("access-control-allow-origin").is_none());
+    // Without the setting, no origin is allowed.
+    let plain = Server::start().await;
+    let none = http
+        .get(format!("{}/health", plain.url))
+        .header("origin", "http://app.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(none.headers().get("access-control-allow-origin").is_none());
+}

@@ -16,6 +16,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Largest request body accepted (413 beyond).
     pub max_request_bytes: usize,
+    /// Web origins (`https://app.example.com`, or `*`) whose pages may call the API from
+    /// a browser (CORS). Empty: none, the browser's same-origin rule holds.
+    pub cors_origins: Vec<String>,
     pub max_concurrent_sandboxes: usize,
     /// The unprivileged user every payload runs as.
     pub sandbox_uid: u32,
@@ -264,6 +267,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/faas"),
             run_dir: PathBuf::from("/run/faas"),
             max_request_bytes: 10 * 1024 * 1024,
+            cors_origins: Vec::new(),
             max_concurrent_sandboxes: 64,
             sandbox_uid: 1000,
             sandbox_gid: 1000,

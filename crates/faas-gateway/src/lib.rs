@@ -46,6 +46,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
     #[error("the SSH host key {path}")]
@@ -61,6 +63,7 @@ pub enum ServeError {
 pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), ServeError> {
     let listen = config.listen;
     let body_limit = config.max_request_bytes;
+    let cors = cors_layer(&config.cors_origins)?;
     let ssh_config = config.ssh.clone();
     let host_key_path = config.data_dir.join("ssh_host_ed25519_key");
     // Before the engine starts, so that none of its metrics is lost.
@@ -80,6 +83,10 @@ pub async fn serve(config: Config, admin_key: Option<String>) -> Result<(), Serv
         metrics,
     };
     let app = router(state, body_limit);
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind { addr: listen, source })?;
@@ -138,6 +145,52 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Lets pages of the configured origins call the API from a browser: preflights are
+/// answered here, before auth (they carry no key), and the answers' own headers (request
+/// id, rate limits) are readable by the page.
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, ServeError> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o).map_err(|_| {
+                    ServeError::Config(format!("cors_origins: {o:?} is not an origin"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    let methods =
+        [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD];
+    let name = HeaderName::from_static;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(methods)
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                name("x-api-key"),
+                name("x-request-id"),
+            ])
+            .expose_headers([
+                name("x-request-id"),
+                name("x-ratelimit-limit"),
+                name("x-ratelimit-remaining"),
+                name("x-ratelimit-reset"),
+                header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {

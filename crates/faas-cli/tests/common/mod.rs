@@ -242,11 +242,16 @@ impl Server {
 }
 
 fn split_extra(extra: &str) -> (String, String) {
-    // Top-level keys must come before any [table] in TOML.
-    match extra.find('[') {
-        Some(i) => (extra[..i].to_owned(), extra[i..].to_owned()),
-        None => (extra.to_owned(), String::new()),
+    // Top-level keys must come before any [table] in TOML: split at the first table header
+    // (a line that starts with `[`; an array value has a key before it).
+    let mut offset = 0;
+    for line in extra.split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            return (extra[..offset].to_owned(), extra[offset..].to_owned());
+        }
+        offset += line.len();
     }
+    (extra.to_owned(), String::new())
 }
 
 fn cgroup_hierarchies() -> Vec<PathBuf> {
