@@ -8,6 +8,7 @@ import { createInterface } from "node:readline";
 
 export const ADMIN_KEY = "faas_ts_sdk_test_admin_key_0123456789abcdef";
 const ROOT = resolve(import.meta.dirname, "../../../..");
+let started = 0;
 
 export interface TestServer {
   url: string;
@@ -19,7 +20,8 @@ export function isRoot(): boolean {
   return process.getuid?.() === 0;
 }
 
-export async function startServer(): Promise<TestServer> {
+/** A server; `topLevel` is TOML placed before the config's tables (e.g. cors_origins). */
+export async function startServer(topLevel = ""): Promise<TestServer> {
   const binary = process.env.FAAS_BIN ?? join(ROOT, "target/debug/faas");
   const agent = process.env.FAAS_AGENT ?? join(ROOT, "target/debug/faas-agent");
   const base = mkdtempSync(join(tmpdir(), "faas-ts-sdk-"));
@@ -27,7 +29,7 @@ export async function startServer(): Promise<TestServer> {
   writeFileSync(
     config,
     `listen = "127.0.0.1:0"\ndata_dir = "${base}/data"\nrun_dir = "${base}/run"\n` +
-      `cgroup_parent = "faas-ts-${process.pid}"\nagent_path = "${agent}"\n` +
+      `cgroup_parent = "faas-ts-${process.pid}-${++started}"\nagent_path = "${agent}"\n${topLevel}\n` +
       `[ssh]\nlisten = "127.0.0.1:0"\n` +
       `[rate_limits.tiers.default]\nper_second = 200\nburst = 400\n` +
       `[rate_limits.tiers.admin]\nper_second = 200\nburst = 400\n` +
