@@ -64,7 +64,7 @@ impl Engine {
     /// Starts metering an instance that has just become running (not an execution's own:
     /// its execution is charged).
     pub(crate) fn open_meter(&self, live: &Live) {
-        if live.record().metadata.contains_key(crate::stateful::SCRATCH) {
+        if live.is_scratch() {
             return;
         }
         let Some(sandbox) = live.sandbox() else { return };
@@ -171,11 +171,11 @@ impl Engine {
         if from_ms >= to_ms {
             return Err(crate::plan::invalid("from", "must be before to"));
         }
-        let total = self.store.usage_summary(&tenant.0, from_ms, to_ms, UsageGroup::Total).await?;
-        let groups = match group {
-            UsageGroup::Total => Vec::new(),
-            _ => self.store.usage_summary(&tenant.0, from_ms, to_ms, group).await?,
-        };
+        // One query: the total is the groups added up.
+        let rows = self.store.usage_summary(&tenant.0, from_ms, to_ms, group).await?;
+        let mut total = UsageTotals::default();
+        rows.iter().for_each(|(_, t)| total.add(t));
+        let groups = if group == UsageGroup::Total { Vec::new() } else { rows };
         let groups = groups
             .into_iter()
             .map(|(key, totals)| ApiGroup {
@@ -192,7 +192,7 @@ impl Engine {
             to_ms,
             group_by: group_by.map(str::to_owned),
             groups,
-            total: total.first().map(|(_, t)| summary(t)).unwrap_or_default(),
+            total: summary(&total),
         })
     }
 

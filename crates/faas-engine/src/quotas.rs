@@ -18,6 +18,14 @@ pub(crate) struct TenantLoad {
     overrides: RwLock<HashMap<String, Quotas>>,
 }
 
+impl TenantLoad {
+    /// What `tenant`'s executions hold now.
+    fn held_by(&self, tenant: &str) -> Held {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(tenant).copied().unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
     sandboxes: u64,
@@ -141,22 +149,11 @@ impl Engine {
         adding: u64,
     ) -> Result<(), EngineError> {
         if adding > 0 {
-            let held = instances
-                .values()
-                .filter(|l| l.tenant == tenant)
-                .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
-                .count();
+            let held = crate::instances::held_in(instances, tenant);
             instance_count_allowed(quotas, held as u64, adding)?;
         }
         let (running, running_memory) = instance_load(instances, tenant);
-        let executions = self
-            .load
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .copied()
-            .unwrap_or_default();
+        let executions = self.load.held_by(tenant);
         let starting = adding.max(1);
         check_load(
             quotas,
@@ -220,14 +217,7 @@ impl Engine {
             .cloned()
             .unwrap_or_default();
         let (instances, instance_memory) = instance_load(&self.instances.lock(), &tenant.0);
-        let executions = self
-            .load
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&tenant.0)
-            .copied()
-            .unwrap_or_default();
+        let executions = self.load.held_by(&tenant.0);
         let month = faas_store::billing::month_of(now_ms());
         let in_use = QuotaUse {
             concurrent_sandboxes: executions.sandboxes + instances,

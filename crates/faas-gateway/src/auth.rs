@@ -131,7 +131,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let record = resolve(parts, state).await?.ok_or(ApiError::MissingKey)?;
+        // Resolved already by the rate limiter, when it ran.
+        let record = match parts.extensions.remove::<KeyRecord>() {
+            Some(record) => record,
+            None => resolve(parts, state).await?.ok_or(ApiError::MissingKey)?,
+        };
         Ok(Caller { tenant: Tenant(record.tenant), role: record.role })
     }
 }

@@ -77,10 +77,12 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     if !config.enabled {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Ok(Some(key)) = crate::auth::resolve(&parts, &state).await else {
         return next.run(Request::from_parts(parts, body)).await;
     };
+    // The handler's `Caller` takes it from here instead of hashing and looking it up again.
+    parts.extensions.insert(key.clone());
     let tier_name = key.rate_tier.as_deref().unwrap_or(match key.role {
         faas_api::Role::Admin => "admin",
         faas_api::Role::Tenant => "default",

@@ -73,6 +73,22 @@ pub struct UsageTotals {
     pub cost_micros: u64,
 }
 
+impl UsageTotals {
+    /// Adds another group's totals to these (the peak is the higher one).
+    pub fn add(&mut self, other: &UsageTotals) {
+        self.records += other.records;
+        self.cpu_us += other.cpu_us;
+        self.wall_us += other.wall_us;
+        self.memory_kib_ms += other.memory_kib_ms;
+        self.memory_peak_bytes = self.memory_peak_bytes.max(other.memory_peak_bytes);
+        self.storage_kib_ms += other.storage_kib_ms;
+        self.egress_bytes += other.egress_bytes;
+        self.gpu_ms += other.gpu_ms;
+        self.list_micros += other.list_micros;
+        self.cost_micros += other.cost_micros;
+    }
+}
+
 /// What an instance credential opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {

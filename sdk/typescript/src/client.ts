@@ -52,6 +52,13 @@ function toProcess(json: Json): Process {
   return { ...p, result: json.result && typeof json.result === "object" ? result(json.result as Json) : null };
 }
 
+/** `(command, options)` or `(options)`: the command, if any, and the options. */
+function split<O extends object>(command: Command | O, options: O): [Command | undefined, O] {
+  return typeof command === "string" || Array.isArray(command)
+    ? [command, options]
+    : [undefined, { ...command, ...options }];
+}
+
 /** The body of a run: a command, or `code` + `language`. */
 function runBody(command: Command | undefined, options: RunOptions | InstanceExecOptions): Json {
   if (command !== undefined && options.code !== undefined) {
@@ -106,9 +113,7 @@ export class FaaSClient {
    * is streamed to them as it is produced.
    */
   async execute(command: Command | RunOptions, options: RunOptions = {}): Promise<ExecutionResult> {
-    const [cmd, opts] = typeof command === "string" || Array.isArray(command)
-      ? [command, options]
-      : [undefined, { ...command, ...options }];
+    const [cmd, opts] = split(command, options);
     const body = runBody(cmd, opts);
     if (opts.onStdout || opts.onStderr) {
       return follow(this.streamBody("/api/v1/execute/stream", body, opts.signal), opts);
@@ -124,9 +129,7 @@ export class FaaSClient {
   /** `for await (const event of client.stream("cmd"))`: output, then `exit`. Aborting the
    * signal (or leaving the loop) kills the run. */
   stream(command: Command | RunOptions, options: RunOptions = {}): AsyncGenerator<StreamEvent> {
-    const [cmd, opts] = typeof command === "string" || Array.isArray(command)
-      ? [command, options]
-      : [undefined, { ...command, ...options }];
+    const [cmd, opts] = split(command, options);
     return this.streamBody("/api/v1/execute/stream", runBody(cmd, opts), opts.signal);
   }
 
@@ -232,9 +235,7 @@ export class Instance {
 
   /** Runs a command or code in the instance; files and processes persist. */
   async exec(command: Command | InstanceExecOptions, options: InstanceExecOptions = {}): Promise<ExecutionResult> {
-    const [cmd, opts] = typeof command === "string" || Array.isArray(command)
-      ? [command, options]
-      : [undefined, { ...command, ...options }];
+    const [cmd, opts] = split(command, options);
     const body = runBody(cmd, opts);
     if (opts.onStdout || opts.onStderr) {
       return follow(this.client.streamBody(this.path("/exec/stream"), body, opts.signal), opts);

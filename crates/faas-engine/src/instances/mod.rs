@@ -74,6 +74,12 @@ impl Live {
         self.sandbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether this is an execution's own instance (checkpointed or branched run).
+    pub(crate) fn is_scratch(&self) -> bool {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        record.metadata.contains_key(crate::stateful::SCRATCH)
+    }
+
     pub(crate) fn touch(&self) {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).last_activity_ms = now_ms();
     }
@@ -91,12 +97,14 @@ impl Instances {
 
     /// How many instances `tenant` holds (not counting executions' own).
     pub(crate) fn held_by(&self, tenant: &str) -> usize {
-        self.lock()
-            .values()
-            .filter(|l| l.tenant == tenant)
-            .filter(|l| !l.record().metadata.contains_key(crate::stateful::SCRATCH))
-            .count()
+        held_in(&self.lock(), tenant)
     }
+}
+
+/// How many instances of `tenant` a registry (locked by the caller) holds, not counting
+/// executions' own.
+pub(crate) fn held_in(live: &HashMap<String, Arc<Live>>, tenant: &str) -> usize {
+    live.values().filter(|l| l.tenant == tenant && !l.is_scratch()).count()
 }
 
 /// Whether the lifecycle allows `from -> to`.

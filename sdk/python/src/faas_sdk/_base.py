@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import httpx
 from urllib.parse import quote
@@ -114,19 +114,6 @@ def segment(path: str) -> str:
     return quote(path, safe="")
 
 
-def sse_lines(chunks: Iterable[str]) -> Iterable[str]:
-    """Lines of a Server-Sent Events stream, split on line feeds only (JSON may carry
-    U+2028 and friends unescaped, which str.splitlines would split on)."""
-    buffer = ""
-    for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split("\n")
-        for line in lines:
-            yield line[:-1] if line.endswith("\r") else line
-    if buffer:
-        yield buffer
-
-
 class SseParser:
     """Feeds text chunks, answers the JSON objects of complete events."""
 
@@ -153,21 +140,6 @@ class SseParser:
         if line.startswith("data:"):
             self.data.append(line[6:] if line.startswith("data: ") else line[5:])
         return []
-
-
-def sse_data(lines: Iterable[str]) -> Iterable[Dict[str, Any]]:
-    """The JSON objects of a Server-Sent Events stream's `data:` fields, one per event."""
-    data: List[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield parse_event("\n".join(data))
-                data = []
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip(" ") if line.startswith("data: ") else line[5:])
-    if data:
-        yield parse_event("\n".join(data))
 
 
 def parse_event(text: str) -> Dict[str, Any]:

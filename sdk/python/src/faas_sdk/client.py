@@ -124,7 +124,11 @@ class FaaSClient:
                 if response.status_code >= 400:
                     response.read()
                     _base.raise_for(response)
-                for event in _base.sse_data(_base.sse_lines(response.iter_text())):
+                parser = _base.SseParser()
+                for chunk in response.iter_text():
+                    for event in parser.feed(chunk):
+                        yield StreamEvent.from_json(event)
+                for event in parser.close():
                     yield StreamEvent.from_json(event)
         except httpx.TransportError as e:
             raise ConnectionError(f"POST {path}: {e}", code="connection") from e
